@@ -1,0 +1,45 @@
+# The README's two commands: `make reproduce` (the main job) and `make test`.
+# Each creates the project's virtual environment in .venv on first use, and again only
+# when pyproject.toml or constraints.txt change.
+
+PYTHON  ?= python3
+VENV    ?= .venv
+PROFILE ?= default
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.llmimg-installed
+
+.PHONY: help venv reproduce test lab bench clean
+
+help:
+	@echo "make reproduce  train the tiny pipeline, run every notebook (PROFILE=$(PROFILE)), write figures/ and build/report.html"
+	@echo "make test       unit tests and every notebook under nbval at the smoke profile"
+	@echo "make lab        open JupyterLab on notebooks/ with the project's environment"
+	@echo "make bench      speed benchmarks, JSON in build/bench.json"
+	@echo "make clean      remove build/ and figures/ (keeps .venv and the model cache)"
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "llmimg needs Python 3.11 or newer; set PYTHON=python3.11"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	@touch $@
+
+venv: $(STAMP)
+
+reproduce: $(STAMP)
+	$(BIN)/llmimg reproduce --profile $(PROFILE)
+
+test: $(STAMP)
+	LLMIMG_PROFILE=smoke $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \
+		--nbval-cell-timeout=900 -p no:cacheprovider
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+bench: $(STAMP)
+	@mkdir -p build
+	$(BIN)/llmimg bench --json | tee build/bench.json
+
+clean:
+	rm -rf build figures

@@ -1,0 +1,191 @@
+"""ShapesWorld's vocabulary, scenes and the generative process that samples them.
+
+A scene holds one to ``max_objects`` objects, each with a shape, a colour, a size and a
+position on a 3×3 grid; no two objects share a cell, so objects never overlap. Every
+sample is a pure function of ``(seed, split, index)``. Some colour–shape pairs are held
+out of the ``train`` and ``val`` splits and appear only in the ``heldout`` split, which
+makes a compositional test: combinations never seen in training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross", "semicircle")
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 40, 40),
+    "orange": (245, 140, 20),
+    "yellow": (240, 220, 40),
+    "green": (40, 180, 60),
+    "cyan": (40, 210, 220),
+    "blue": (50, 80, 235),
+    "purple": (150, 60, 210),
+    "white": (240, 240, 240),
+}
+COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
+SIZES: tuple[str, ...] = ("small", "large")
+POSITIONS: tuple[str, ...] = (
+    "top left", "top middle", "top right",
+    "middle left", "center", "middle right",
+    "bottom left", "bottom middle", "bottom right",
+)
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "shape": SHAPES, "colour": COLOUR_NAMES, "size": SIZES, "position": POSITIONS,
+}
+# One pair per shape, each with a different colour: every shape and every colour is
+# still seen in training, only these combinations are not.
+HELDOUT_PAIRS: tuple[tuple[str, str], ...] = (
+    ("red", "triangle"), ("orange", "circle"), ("yellow", "square"),
+    ("green", "cross"), ("blue", "diamond"), ("purple", "semicircle"),
+)
+SPLITS: dict[str, int] = {"train": 0, "val": 1, "heldout": 2}
+
+
+@dataclass(frozen=True)
+class ShapeObject:
+    """One object of a scene: what it is (shape), how it looks (colour, size) and where it is."""
+
+    position: str
+    shape: str
+    colour: str
+    size: str
+
+    def __post_init__(self) -> None:
+        for name, values in ATTRIBUTES.items():
+            value = getattr(self, name)
+            if value not in values:
+                raise ValueError(f"unknown {name} {value!r}; expected one of: {', '.join(values)}")
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        """The (colour, shape) combination, the unit of the compositional split."""
+        return (self.colour, self.shape)
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A set of non-overlapping objects, stored in reading order of their positions."""
+
+    objects: tuple[ShapeObject, ...]
+
+    def __post_init__(self) -> None:
+        objects = tuple(sorted(self.objects, key=lambda o: POSITIONS.index(o.position)))
+        if not objects:
+            raise ValueError("a scene needs at least one object")
+        positions = [o.position for o in objects]
+        if len(set(positions)) != len(positions):
+            raise ValueError(f"two objects share a position in {positions}: objects may not overlap")
+        object.__setattr__(self, "objects", objects)
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    def __iter__(self) -> Iterator[ShapeObject]:
+        return iter(self.objects)
+
+    @property
+    def pairs(self) -> set[tuple[str, str]]:
+        return {o.pair for o in self.objects}
+
+
+def _rng(seed: int, split: str, index: int) -> np.random.Generator:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if index < 0:
+        raise IndexError(f"index must be non-negative, got {index}")
+    return np.random.default_rng([seed, SPLITS[split], index])
+
+
+@dataclass(frozen=True)
+class ShapesWorld:
+    """The generator of ShapesWorld samples: same arguments, same samples, byte for byte.
+
+    ``prompt_keep`` is the probability that a prompt states each optional attribute
+    (colour, size, position) of an object; the shape is always stated.
+    """
+
+    seed: int = 0
+    max_objects: int = 2
+    image_size: int = 32
+    prompt_keep: float = 0.5
+    heldout_pairs: tuple[tuple[str, str], ...] = field(default=HELDOUT_PAIRS)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_objects <= len(POSITIONS):
+            raise ValueError(f"max_objects must be between 1 and {len(POSITIONS)}, got {self.max_objects}")
+        if self.image_size < 16:
+            raise ValueError(f"image_size must be at least 16 pixels, got {self.image_size}")
+        if not 0.0 <= self.prompt_keep <= 1.0:
+            raise ValueError(f"prompt_keep is a probability, got {self.prompt_keep}")
+        for colour, shape in self.heldout_pairs:
+            ShapeObject("center", shape, colour, "small")  # validates the names
+        shapes_left = {s for s in SHAPES if sum(p[1] == s for p in self.heldout_pairs) < len(COLOURS)}
+        if shapes_left != set(SHAPES):
+            raise ValueError("heldout_pairs may not hold out every colour of a shape")
+
+    # -- scenes ---------------------------------------------------------------------
+    def scene(self, index: int, split: str = "train") -> Scene:
+        """The scene number ``index`` of ``split``."""
+        return self._scene(_rng(self.seed, split, index), split)
+
+    def _scene(self, rng: np.random.Generator, split: str) -> Scene:
+        # One vector of uniforms per scene: drawing them in a single call keeps sampling
+        # fast; rare rejections (held-out pairs) draw more.
+        m = self.max_objects
+        u = rng.random(2 + len(POSITIONS) + 3 * m)
+        n = 1 + int(u[0] * m)
+        positions = np.argsort(u[2:2 + len(POSITIONS)])[:n]
+        attrs = (u[2 + len(POSITIONS):].reshape(m, 3) * (len(SHAPES), len(COLOUR_NAMES), len(SIZES))).astype(int)
+        forced = int(u[1] * n) if split == "heldout" else -1
+        heldout = set(self.heldout_pairs)
+        objects = []
+        for k in range(n):
+            shape, colour = SHAPES[attrs[k, 0]], COLOUR_NAMES[attrs[k, 1]]
+            if k == forced:  # the heldout split: at least one never-seen combination
+                colour, shape = self.heldout_pairs[int(rng.integers(len(self.heldout_pairs)))]
+            elif split != "heldout":
+                while (colour, shape) in heldout:
+                    colour = COLOUR_NAMES[int(rng.integers(len(COLOUR_NAMES)))]
+            objects.append(ShapeObject(POSITIONS[positions[k]], shape, colour, SIZES[attrs[k, 2]]))
+        return Scene(tuple(objects))
+
+    # -- samples --------------------------------------------------------------------
+    def sample(self, index: int, split: str = "train") -> Sample:
+        """Scene, image, description and prompt number ``index`` of ``split``."""
+        from llmimg.data.captions import describe, sample_prompt
+        from llmimg.data.render import render
+
+        rng = _rng(self.seed, split, index)
+        scene = self._scene(rng, split)
+        return Sample(
+            index=index,
+            split=split,
+            scene=scene,
+            image=render(scene, self.image_size),
+            description=describe(scene),
+            prompt=sample_prompt(scene, rng, keep=self.prompt_keep),
+        )
+
+    def samples(self, n: int, split: str = "train", start: int = 0) -> Iterator[Sample]:
+        """Samples ``start`` … ``start + n - 1`` of ``split``."""
+        for index in range(start, start + n):
+            yield self.sample(index, split)
+
+    def allowed_colours(self, shape: str) -> tuple[str, ...]:
+        """The colours a ``shape`` takes in the training distribution."""
+        return tuple(c for c in COLOUR_NAMES if (c, shape) not in set(self.heldout_pairs))
+
+
+@dataclass(frozen=True, eq=False)
+class Sample:
+    """One ShapesWorld example: the scene, its RGB image and its two captions."""
+
+    index: int
+    split: str
+    scene: Scene
+    image: np.ndarray  # (H, W, 3) uint8
+    description: str
+    prompt: str

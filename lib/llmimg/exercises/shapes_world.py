@@ -1,0 +1,52 @@
+"""Checks for notebook 02 (ShapesWorld): counting scenes, reading prompts, the split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmimg.data.captions import ParseError, parse_description, parse_prompt
+from llmimg.data.world import COLOUR_NAMES, HELDOUT_PAIRS, POSITIONS, SHAPES, SIZES, ShapesWorld
+from llmimg.exercises.feedback import NO_ANSWER, Feedback, check_number, is_unanswered
+
+__all__ = [
+    "check_single_object_scene_count",
+    "check_open_attributes",
+    "check_full_prompt_probability",
+    "check_description_of",
+]
+
+
+def check_single_object_scene_count(answer: Any) -> Feedback:
+    """How many distinct one-object scenes can the *training* split hold?"""
+    pairs = len(SHAPES) * len(COLOUR_NAMES) - len(HELDOUT_PAIRS)
+    expected = pairs * len(SIZES) * len(POSITIONS)
+    return check_number(answer, expected, rtol=0, atol=0.5, what="the number of one-object training scenes",
+                        hint="multiply the allowed colour–shape pairs by the sizes and the positions")
+
+
+def check_open_attributes(prompt: str, answer: Any) -> Feedback:
+    """How many attributes does ``prompt`` leave open (for the LLM to fill in)?"""
+    open_count = sum(4 - p.n_stated for p in parse_prompt(prompt))
+    return check_number(answer, open_count, rtol=0, atol=0.5, what="the number of open attributes",
+                        hint="each object has 4 attributes: shape, colour, size and position")
+
+
+def check_full_prompt_probability(answer: Any, prompt_keep: float = 0.5) -> Feedback:
+    """Probability that a one-object scene's prompt states all its attributes."""
+    return check_number(answer, prompt_keep**3, what="the probability",
+                        hint="the shape is always stated; the other three each with probability prompt_keep")
+
+
+def check_description_of(index: int, answer: Any, world: ShapesWorld | None = None) -> Feedback:
+    """Does ``answer`` describe training scene ``index`` completely and correctly?"""
+    if is_unanswered(answer):
+        return Feedback(False, NO_ANSWER)
+    scene = (world or ShapesWorld()).scene(index)
+    try:
+        parsed = parse_description(str(answer))
+    except ParseError as err:
+        return Feedback(False, f"this is not a valid description: {err}")
+    if parsed == scene:
+        return Feedback(True, "the description matches the scene exactly")
+    wrong = len(set(parsed.objects) ^ set(scene.objects))
+    return Feedback(False, f"valid, but {wrong} object(s) differ from the scene in some attribute")

@@ -1,0 +1,57 @@
+"""Pictures shared by notebooks and the command line."""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from llmimg.data.world import Sample
+
+
+def sample_grid(samples: Sequence[Sample], *, cols: int = 4, scale: int = 4, caption: str = "prompt",
+                font_size: int = 11) -> Image.Image:
+    """A grid of samples, each enlarged ``scale`` times (nearest neighbour) above its caption.
+
+    ``caption`` is ``"prompt"``, ``"description"`` or ``"none"``. Deterministic: the same
+    samples give the same pixels.
+    """
+    if caption not in ("prompt", "description", "none"):
+        raise ValueError(f"caption must be 'prompt', 'description' or 'none', got {caption!r}")
+    if not samples:
+        raise ValueError("no samples to show")
+    if cols <= 0 or scale <= 0:
+        raise ValueError("cols and scale must be positive")
+    size = samples[0].image.shape[0] * scale
+    font = ImageFont.load_default(size=font_size)
+    chars = max(8, int(size / (0.55 * font_size)))
+    texts = [[] if caption == "none" else textwrap.wrap(getattr(s, caption), chars) for s in samples]
+    line = font_size + 2
+    text_h = max(len(t) for t in texts) * line + 6 if caption != "none" else 0
+    pad = 6
+    cols = min(cols, len(samples))
+    rows = -(-len(samples) // cols)
+    grid = Image.new("RGB", (cols * (size + pad) + pad, rows * (size + text_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    for k, (sample, lines) in enumerate(zip(samples, texts)):
+        x = pad + (k % cols) * (size + pad)
+        y = pad + (k // cols) * (size + text_h + pad)
+        grid.paste(Image.fromarray(sample.image).resize((size, size), Image.NEAREST), (x, y))
+        for j, text in enumerate(lines):
+            draw.text((x, y + size + 3 + j * line), text, fill="black", font=font)
+    return grid
+
+
+def image_row(images: Iterable[np.ndarray], scale: int = 4, pad: int = 4) -> Image.Image:
+    """Uint8 RGB images side by side, enlarged ``scale`` times, on a white background."""
+    tiles = [Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST)
+             for img in images]
+    width = sum(t.width for t in tiles) + pad * (len(tiles) + 1)
+    row = Image.new("RGB", (width, max(t.height for t in tiles) + 2 * pad), "white")
+    x = pad
+    for tile in tiles:
+        row.paste(tile, (x, pad))
+        x += tile.width + pad
+    return row

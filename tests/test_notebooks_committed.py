@@ -1,0 +1,90 @@
+"""The committed notebooks: lesson frame, outputs from a clean run, nothing machine-specific.
+
+nbval (``make test``) re-runs them at the smoke profile; these tests read the files as
+committed, the way a learner opening them on GitHub or Colab sees them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from llmimg import REPO_URL
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+# Absolute paths a run could leak: Unix homes and temp folders, this checkout, Windows users.
+MACHINE_PATH = re.compile(r"(/(home|root|Users|tmp|work|private/var)/[\w.\-]+)|([A-Za-z]:\\\\?Users\\\\?)")
+
+
+def _code(nb) -> list:
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def test_there_are_notebooks():
+    assert [p.name[:2] for p in NOTEBOOKS][:3] == ["00", "01", "02"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_lesson_frame(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    first = nb.cells[0]
+    assert first.cell_type == "markdown"
+    repo = REPO_URL.removeprefix("https://github.com/")
+    badge = f"https://colab.research.google.com/github/{repo}/blob/main/notebooks/{path.name}"
+    assert badge in first.source, "the first cell needs an 'Open in Colab' badge for this file"
+    assert re.search(rf"^# {path.name[:2]} · ", first.source, re.M), "title '# NN · ...' expected"
+    assert "What you will learn" in first.source
+    setup, params = _code(nb)[:2]
+    assert '"google.colab" in sys.modules' in setup.source and "pip install" in setup.source
+    assert "parameters" in params.metadata.get("tags", []) and "PROFILE = None" in params.source
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert any("check_" in c.source for c in _code(nb)[-4:]), "end with exercises using check_... helpers"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_with_clean_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    code = _code(nb)
+    assert all(c.execution_count is not None for c in code), "commit the notebook executed (default profile)"
+    outputs = [o for c in code for o in c.outputs]
+    assert outputs, "commit the notebook with its outputs"
+    errors = [o for o in outputs if o.output_type == "error"]
+    assert not errors, f"error output committed: {errors[0].ename}"
+    stderr = [o for o in outputs if o.output_type == "stream" and o.name == "stderr" and "Traceback" in o.text]
+    assert not stderr, "a traceback was printed to stderr"
+    assert not any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
+    assert "papermill" not in nb.metadata
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_machine_paths_and_small(path):
+    text = path.read_text(encoding="utf-8")
+    nb = nbformat.reads(text, as_version=4)
+    for number, cell in enumerate(nb.cells, start=1):
+        texts = [cell.source] + [
+            str(v) for o in cell.get("outputs", []) for k, v in {**o.get("data", {}), "text": o.get("text", "")}.items()
+            if not k.startswith("image/")
+        ]
+        for t in texts:
+            match = MACHINE_PATH.search(t)
+            assert not match, f"cell {number} holds a machine path: {match.group(0)!r}"
+    assert len(text) < 3_000_000, f"{path.name} is {len(text) / 1e6:.1f} MB; keep notebooks small"
+
+
+def test_nbval_has_outputs_to_compare():
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        checked = [c for c in _code(nb) if c.source.startswith("# NBVAL_CHECK_OUTPUT")]
+        assert checked, f"{path.name}: mark deterministic cells with # NBVAL_CHECK_OUTPUT"
+        assert all(c.outputs for c in checked), f"{path.name}: a checked cell has no committed output"
+
+
+def test_readme_lists_every_notebook():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for path in NOTEBOOKS:
+        assert path.name in readme, f"README.md does not list {path.name}"
