@@ -11,7 +11,7 @@ STAMP   := $(VENV)/.llmimg-installed
 .PHONY: help venv reproduce test lab bench clean
 
 help:
-	@echo "make reproduce  train the tiny pipeline, run every notebook (PROFILE=$(PROFILE)), write figures/ and build/report.html"
+	@echo "make reproduce  run every notebook on a fresh kernel (PROFILE=$(PROFILE)); each trains what it needs; writes figures/ and build/report.html"
 	@echo "make test       unit tests and every notebook under nbval at the smoke profile"
 	@echo "make lab        open JupyterLab on notebooks/ with the project's environment"
 	@echo "make bench      speed benchmarks, JSON in build/bench.json"

@@ -53,3 +53,9 @@ def test_bench_json():
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["data_images_per_s"] > 0 and data["data_threads"] == 1
+
+
+def test_reproduce_unknown_notebook_is_a_one_line_error():
+    result = llmimg("reproduce", "--only", "99", "--no-progress")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "no notebook matches '99'" in result.stderr and "00_welcome" in result.stderr

@@ -89,7 +89,7 @@ def test_objects_never_overlap(size):
 
 
 def test_every_shape_fits_its_cell_at_both_sizes():
-    # Coverage measured independently by dense point sampling inside the object's cell bounds.
+    # At size 33 the grid cells are exactly 11 pixels wide: the centre cell spans pixels 11..21.
     for shape in SHAPES:
         for size in SIZES:
             mask = render_masks(Scene((ShapeObject("center", shape, "red", size),)), 33)[0]
@@ -253,6 +253,13 @@ def test_invalid_objects_and_worlds_raise_clear_errors():
         WORLD.sample(0, "test")
     with pytest.raises(IndexError):
         WORLD.sample(-1)
+    with pytest.raises(ValueError, match="every colour of 'circle'"):
+        ShapesWorld(heldout_pairs=tuple((c, "circle") for c in COLOURS))
+    with pytest.raises(ValueError, match="no heldout split"):
+        ShapesWorld(heldout_pairs=()).scene(0, "heldout")
+    # With nothing held out, training reaches every colour-shape pair.
+    open_world = ShapesWorld(heldout_pairs=())
+    assert len(set().union(*(open_world.scene(i).pairs for i in range(3000)))) == len(SHAPES) * len(COLOURS)
 
 
 def test_dataset_items_and_batches():

@@ -18,10 +18,12 @@ import platform
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used: `llmimg --version` should not wait for it
+    import torch
 
 PROFILES: tuple[str, ...] = ("smoke", "default", "full")
 PROFILE_ENV = "LLMIMG_PROFILE"
@@ -77,6 +79,8 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     available is an error rather than a silent fallback, so a run never reports CPU
     timings as GPU ones.
     """
+    import torch
+
     if isinstance(device, torch.device):
         return device
     source = "argument"
@@ -102,6 +106,8 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def _mps_available() -> bool:
+    import torch
+
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
 
@@ -112,6 +118,8 @@ def seed_everything(seed: int) -> np.random.Generator:
     Library code never relies on global random state (it takes seeds or generators);
     this is for notebook code that calls torch or NumPy directly.
     """
+    import torch
+
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     seed = int(seed)
@@ -152,6 +160,8 @@ def cache_dir(profile: str | Profile | None = None, *, create: bool = True) -> P
 def describe_environment(profile: str | Profile | None = None) -> dict[str, Any]:
     """Versions, device and profile: what a bug report or a results table should state."""
     from importlib.metadata import PackageNotFoundError, version
+
+    import torch
 
     packages = {}
     for name in ("llmimg", "torch", "transformers", "diffusers", "open_clip_torch",

@@ -122,9 +122,9 @@ class ShapesWorld:
             raise ValueError(f"prompt_keep is a probability, got {self.prompt_keep}")
         for colour, shape in self.heldout_pairs:
             ShapeObject("center", shape, colour, "small")  # validates the names
-        shapes_left = {s for s in SHAPES if sum(p[1] == s for p in self.heldout_pairs) < len(COLOURS)}
-        if shapes_left != set(SHAPES):
-            raise ValueError("heldout_pairs may not hold out every colour of a shape")
+        for shape in SHAPES:  # else training could never draw this shape
+            if not self.allowed_colours(shape):
+                raise ValueError(f"heldout_pairs hold out every colour of {shape!r}")
 
     # -- scenes ---------------------------------------------------------------------
     def scene(self, index: int, split: str = "train") -> Scene:
@@ -139,6 +139,8 @@ class ShapesWorld:
         n = 1 + int(u[0] * m)
         positions = np.argsort(u[2:2 + len(POSITIONS)])[:n]
         attrs = (u[2 + len(POSITIONS):].reshape(m, 3) * (len(SHAPES), len(COLOUR_NAMES), len(SIZES))).astype(int)
+        if split == "heldout" and not self.heldout_pairs:
+            raise ValueError("this world holds out no colour-shape pairs, so it has no heldout split")
         forced = int(u[1] * n) if split == "heldout" else -1
         heldout = set(self.heldout_pairs)
         objects = []
@@ -155,6 +157,7 @@ class ShapesWorld:
     # -- samples --------------------------------------------------------------------
     def sample(self, index: int, split: str = "train") -> Sample:
         """Scene, image, description and prompt number ``index`` of ``split``."""
+        # Imported here because both modules import this one.
         from llmimg.data.captions import describe, sample_prompt
         from llmimg.data.render import render
 
@@ -176,7 +179,7 @@ class ShapesWorld:
 
     def allowed_colours(self, shape: str) -> tuple[str, ...]:
         """The colours a ``shape`` takes in the training distribution."""
-        return tuple(c for c in COLOUR_NAMES if (c, shape) not in set(self.heldout_pairs))
+        return tuple(c for c in COLOUR_NAMES if (c, shape) not in self.heldout_pairs)
 
 
 @dataclass(frozen=True, eq=False)
