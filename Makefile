@@ -34,8 +34,9 @@ test: $(STAMP)
 	LLMIMG_PROFILE=smoke $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \
 		--nbval-cell-timeout=900 -p no:cacheprovider
 
+# Containers often run as root, which JupyterLab refuses unless told.
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 bench: $(STAMP)
 	@mkdir -p build
