@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmimg.data.world import COLOUR_NAMES, HELDOUT_PAIRS, POSITIONS, SHAPES, SIZES, Scene, ShapeObject
+from llmimg.data.world import (COLOUR_NAMES, HELDOUT_PAIRS, POSITIONS, SHAPES, SIZES, Scene, ShapeObject,
+                               allowed_colours)
 
 
 class ParseError(ValueError):
@@ -171,10 +172,9 @@ def complete_prompt(prompt: str | tuple[PartialObject, ...], rng: np.random.Gene
     if len(free) < sum(p.position is None for p in partials):
         raise ParseError("the prompt has more objects than there are free positions")
     free_order = list(rng.permutation(free))
-    heldout = set(heldout_pairs)
     objects = []
     for p in partials:
-        colours = [c for c in COLOUR_NAMES if (c, p.shape) not in heldout]
+        colours = allowed_colours(p.shape, heldout_pairs)
         colour = p.colour or colours[int(rng.integers(len(colours)))]
         size = p.size or SIZES[int(rng.integers(len(SIZES)))]
         position = p.position or str(free_order.pop())

@@ -44,6 +44,11 @@ HELDOUT_PAIRS: tuple[tuple[str, str], ...] = (
 SPLITS: dict[str, int] = {"train": 0, "val": 1, "heldout": 2}
 
 
+def allowed_colours(shape: str, heldout_pairs: tuple[tuple[str, str], ...] = HELDOUT_PAIRS) -> tuple[str, ...]:
+    """The colours ``shape`` takes in the training distribution, in palette order."""
+    return tuple(c for c in COLOUR_NAMES if (c, shape) not in heldout_pairs)
+
+
 @dataclass(frozen=True)
 class ShapeObject:
     """One object of a scene: what it is (shape), how it looks (colour, size) and where it is."""
@@ -132,6 +137,8 @@ class ShapesWorld:
         return self._scene(_rng(self.seed, split, index), split)
 
     def _scene(self, rng: np.random.Generator, split: str) -> Scene:
+        if split == "heldout" and not self.heldout_pairs:
+            raise ValueError("this world holds out no colour-shape pairs, so it has no heldout split")
         # One vector of uniforms per scene: drawing them in a single call keeps sampling
         # fast; rare rejections (held-out pairs) draw more.
         m = self.max_objects
@@ -139,8 +146,6 @@ class ShapesWorld:
         n = 1 + int(u[0] * m)
         positions = np.argsort(u[2:2 + len(POSITIONS)])[:n]
         attrs = (u[2 + len(POSITIONS):].reshape(m, 3) * (len(SHAPES), len(COLOUR_NAMES), len(SIZES))).astype(int)
-        if split == "heldout" and not self.heldout_pairs:
-            raise ValueError("this world holds out no colour-shape pairs, so it has no heldout split")
         forced = int(u[1] * n) if split == "heldout" else -1
         heldout = set(self.heldout_pairs)
         objects = []
@@ -179,7 +184,7 @@ class ShapesWorld:
 
     def allowed_colours(self, shape: str) -> tuple[str, ...]:
         """The colours a ``shape`` takes in the training distribution."""
-        return tuple(c for c in COLOUR_NAMES if (c, shape) not in self.heldout_pairs)
+        return allowed_colours(shape, self.heldout_pairs)
 
 
 @dataclass(frozen=True, eq=False)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from llmimg.theory.diffusion import alpha_bars, reverse_variance
+
 
 @dataclass(frozen=True)
 class GaussianMixture:
@@ -115,7 +117,7 @@ def sample_guided(
     with no noise at the last step. ``w = 0`` samples p(x), ``w = 1`` samples p(x | c).
     """
     betas = np.asarray(betas, dtype=np.float64)
-    ab = np.cumprod(1.0 - betas)
+    ab = alpha_bars(betas)
     dim = mix.means.shape[1]
     x = torch.randn(n, dim, generator=generator, dtype=torch.float64)
     for t in range(len(betas) - 1, -1, -1):
@@ -123,7 +125,7 @@ def sample_guided(
         eps = -math.sqrt(1.0 - ab[t]) * s
         x = (x - betas[t] / math.sqrt(1.0 - ab[t]) * eps) / math.sqrt(1.0 - betas[t])
         if t > 0:
-            var = betas[t] * (1.0 - ab[t - 1]) / (1.0 - ab[t])
+            var = float(reverse_variance(t, betas, "posterior"))
             x = x + math.sqrt(var) * torch.randn(n, dim, generator=generator, dtype=torch.float64)
     return x
 
