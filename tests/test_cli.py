@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -11,9 +12,9 @@ import pytest
 from llmimg import __version__
 
 
-def llmimg(*args: str, cwd=None) -> subprocess.CompletedProcess:
+def llmimg(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "llmimg", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+                          timeout=300, env=env)
 
 
 def test_version():
@@ -39,6 +40,8 @@ def test_preview_same_seed_same_bytes(tmp_path):
         (["data", "preview", "-o", "x.jpg"], "must end in .png"),
         (["data", "preview", "--split", "test", "-o", "x.png"], "invalid choice"),
         (["reproduce", "--profile", "huge"], "invalid choice"),
+        (["train", "vae"], "invalid choice"),
+        (["eval", "clip", "--n", "0"], "between 1 and"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(tmp_path, args, message):
@@ -59,3 +62,55 @@ def test_reproduce_unknown_notebook_is_a_one_line_error():
     result = llmimg("reproduce", "--only", "99", "--no-progress")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "no notebook matches '99'" in result.stderr and "00_welcome" in result.stderr
+
+
+def cache_env(path) -> dict[str, str]:
+    return {**os.environ, "LLMIMG_CACHE_DIR": str(path), "OMP_NUM_THREADS": "1"}
+
+
+def test_train_then_eval_clip_prints_one_json_object(tmp_path):
+    env = cache_env(tmp_path)
+    trained = llmimg("train", "clip", "--profile", "smoke", "--no-progress", env=env)
+    assert trained.returncode == 0, trained.stderr
+    assert "clip (smoke profile) ready" in trained.stdout and "text_to_image_top1" in trained.stdout
+    folders = [p.name for p in (tmp_path / "smoke").iterdir()]
+    assert len(folders) == 1 and folders[0].startswith("clip-")
+    result = llmimg("eval", "clip", "--profile", "smoke", "--n", "100", "--json", "--no-progress", env=env)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)  # stdout is exactly one JSON object
+    for key in ("text_to_image_top1", "image_to_text_top1", "zero_shot_accuracy"):
+        assert 0.0 <= data[key] <= 1.0
+    assert data["stage"] == "clip" and data["profile"] == "smoke"
+
+
+def test_eval_llm_trains_what_it_needs(tmp_path):
+    result = llmimg("eval", "llm", "--profile", "smoke", "--n", "20", "--json", "--no-progress",
+                    env=cache_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    for key in ("valid_rate", "faithfulness", "caption_accuracy"):
+        assert 0.0 <= data[key] <= 1.0
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "smoke").iterdir()) == ["clip", "llm"]
+
+
+def test_damaged_cache_is_a_one_line_error(tmp_path):
+    env = cache_env(tmp_path)
+    assert llmimg("train", "clip", "--profile", "smoke", "--no-progress", env=env).returncode == 0
+    (folder,) = (tmp_path / "smoke").iterdir()
+    weights = folder / "open_clip_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50])
+    result = llmimg("eval", "clip", "--profile", "smoke", "--json", env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "not a loadable CLIP checkpoint" in result.stderr and "llmimg train clip" in result.stderr
+    assert weights.stat().st_size == 50  # nothing was overwritten behind the user's back
+
+
+def test_eval_generator_prints_the_documented_keys(tmp_path):
+    result = llmimg("eval", "generator", "--profile", "smoke", "--n", "8", "--json", "--no-progress",
+                    env=cache_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["judge_accuracy_on_real"] == 1.0  # the judge reads real renders exactly
+    for key in ("all_correct", "count_accuracy", "clip_score", "cmmd", "frechet_distance"):
+        assert isinstance(data[key], float)
+    assert set(data["per_attribute"]) == {"shape", "colour", "size", "position"}

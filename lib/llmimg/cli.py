@@ -4,6 +4,8 @@
     llmimg reproduce [--profile P] [--only NB ...] [--write-back]
     llmimg data preview --n N --seed S [--split SPLIT] [--caption prompt|description] -o FILE.png
     llmimg bench [--json]
+    llmimg train {clip,llm,generator} [--profile P] [--force]
+    llmimg eval {clip,llm,generator} [--profile P] [--n N] [--json]
 
 Errors a user can cause (bad arguments, a failing notebook, an unwritable file) end
 with a one-line message and a non-zero exit status, never a traceback.
@@ -19,6 +21,8 @@ from typing import Sequence
 
 from llmimg.atomic import atomic_write
 from llmimg.config import PROFILES
+
+STAGES = ("clip", "llm", "generator")
 
 
 def _positive(limit: int):
@@ -71,6 +75,26 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--cols", type=_positive(64), default=4, help="samples per row (default 4)")
     preview.add_argument("-o", "--output", required=True, type=Path, help="PNG file to write")
 
+    train = commands.add_parser("train", help="train a stage (or load it if the cache has it)",
+                                description="Train a stage for a profile and keep it in the model cache; the "
+                                "stages it needs are trained first. A cached stage is not retrained unless --force.")
+    train.add_argument("stage", choices=STAGES)
+    train.add_argument("--profile", choices=PROFILES, default=None,
+                       help="model size and training length (default: $LLMIMG_PROFILE, else 'default')")
+    train.add_argument("--force", action="store_true", help="retrain even if the cache has this stage")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    evaluate = commands.add_parser("eval", help="evaluate a trained stage (training it first if needed)",
+                                   description="Evaluate a stage on held-out ShapesWorld data; with --json print "
+                                   "one JSON object (keys: see the README).")
+    evaluate.add_argument("stage", choices=STAGES)
+    evaluate.add_argument("--profile", choices=PROFILES, default=None,
+                          help="which trained stage (default: $LLMIMG_PROFILE, else 'default')")
+    evaluate.add_argument("--n", type=_positive(100_000), default=None,
+                          help="held-out examples to evaluate on (default: the profile's)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     bench = commands.add_parser("bench", help="measure speeds (ShapesWorld data loading)")
     bench.add_argument("--n", type=_positive(1_000_000), default=2000, help="samples per timed pass")
     bench.add_argument("--repeats", type=_positive(100), default=5, help="timed passes (median reported)")
@@ -122,10 +146,56 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stage(name: str):
+    import importlib
+
+    return importlib.import_module(f"llmimg.{name}")
+
+
+def _shown(path: Path) -> str:
+    """A cache folder as a user can find it: relative to the working folder when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return f"{path.parent.name}/{path.name} in the model cache"
+
+
+def _train(args: argparse.Namespace) -> int:
+    import time
+
+    from llmimg.checkpoints import read_manifest
+
+    t0 = time.perf_counter()
+    model = _stage(args.stage).get(args.profile, force=args.force, progress=not args.no_progress)
+    metrics = read_manifest(model.path).get("metrics", {})
+    print(f"{args.stage} ({model.path.parent.name} profile) ready in {time.perf_counter() - t0:.0f} s: "
+          f"{_shown(model.path)}")
+    if metrics:
+        print("held-out metrics: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
+                                               if isinstance(v, float)))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from llmimg.config import get_profile
+
+    stage = _stage(args.stage)
+    model = stage.get(args.profile, progress=not args.no_progress)
+    n = args.n or get_profile(args.profile).pick(smoke=100, default=1000, full=2000)
+    metrics = {"stage": args.stage, "profile": get_profile(args.profile).name, **stage.evaluate(model, n=n)}
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for key, value in metrics.items():
+            print(f"{key:>32}: {value:.4f}" if isinstance(value, float) else f"{key:>32}: {value}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmimg`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    handler = {"reproduce": _reproduce, "data": _preview, "bench": _bench}[args.command]
+    handler = {"reproduce": _reproduce, "data": _preview, "bench": _bench, "train": _train,
+               "eval": _eval}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

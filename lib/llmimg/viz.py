@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import textwrap
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -55,3 +55,54 @@ def image_row(images: Iterable[np.ndarray], scale: int = 4, pad: int = 4) -> Ima
         row.paste(tile, (x, pad))
         x += tile.width + pad
     return row
+
+
+def plot_history(history: list[dict[str, float]], *, title: str = "training loss", ax: Any = None,
+                 log: bool = False) -> Any:
+    """Plot a stage's training loss against the step (the ``history`` every trained stage keeps)."""
+    import matplotlib.pyplot as plt
+
+    if not history:
+        raise ValueError("the history is empty: the model was not trained by llmimg (or not yet)")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3))
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history])
+    ax.set(xlabel="step", ylabel="loss", title=title)
+    if log:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def show_images(images: Any, captions: Sequence[str] | None = None, *, title: str | None = None,
+                size: float = 1.3) -> Any:
+    """Show images in one row with matplotlib (so ``llmimg reproduce`` collects the figure).
+
+    ``images``: uint8 (H, W, 3) arrays, or float tensors/arrays (3, H, W) in [0, 1], or a
+    batch of either. Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    tiles = [_as_uint8(img) for img in images]
+    if not tiles:
+        raise ValueError("no images to show")
+    fig, axes = plt.subplots(1, len(tiles), figsize=(size * len(tiles), size * 1.25), squeeze=False)
+    for k, (ax, tile) in enumerate(zip(axes[0], tiles)):
+        ax.imshow(tile, interpolation="nearest")
+        ax.set_axis_off()
+        if captions is not None:
+            ax.set_title(captions[k], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    plt.show()
+    return fig
+
+
+def _as_uint8(image: Any) -> np.ndarray:
+    array = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image)
+    if array.dtype == np.uint8:
+        return array
+    if array.ndim == 3 and array.shape[0] == 3:
+        array = array.transpose(1, 2, 0)
+    return (np.clip(array, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)

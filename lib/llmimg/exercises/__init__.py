@@ -4,7 +4,13 @@ Each returns a :class:`~llmimg.exercises.feedback.Feedback` (right, or not yet a
 why); none raises on a wrong answer. One module per notebook.
 """
 
+from llmimg.exercises.clip import *  # noqa: F403
+from llmimg.exercises.clip import __all__ as _clip_all
 from llmimg.exercises.feedback import Feedback
+from llmimg.exercises.generator import *  # noqa: F403
+from llmimg.exercises.generator import __all__ as _generator_all
+from llmimg.exercises.llm import *  # noqa: F403
+from llmimg.exercises.llm import __all__ as _llm_all
 from llmimg.exercises.math import *  # noqa: F403
 from llmimg.exercises.math import __all__ as _math_all
 from llmimg.exercises.shapes_world import *  # noqa: F403
@@ -12,4 +18,4 @@ from llmimg.exercises.shapes_world import __all__ as _data_all
 from llmimg.exercises.welcome import *  # noqa: F403
 from llmimg.exercises.welcome import __all__ as _welcome_all
 
-__all__ = ["Feedback", *_welcome_all, *_math_all, *_data_all]
+__all__ = ["Feedback", *_welcome_all, *_math_all, *_data_all, *_clip_all, *_llm_all, *_generator_all]

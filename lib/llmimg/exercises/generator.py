@@ -1,0 +1,38 @@
+"""Checks for notebook 05 (the generator): the forward process, guidance, the unshuffled latent, ShapesEval."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from llmimg.exercises.feedback import Feedback, check_array, check_number
+
+__all__ = ["check_signal_fraction", "check_guided_noise", "check_latent_shape", "check_all_correct"]
+
+
+def check_signal_fraction(alpha_bar: float, answer: Any) -> Feedback:
+    """What fraction of x_t's variance comes from the image x_0, for unit-variance x_0 and noise?"""
+    return check_number(answer, alpha_bar, what="the image's share of the variance",
+                        hint="x_t = sqrt(ᾱ) x_0 + sqrt(1 − ᾱ) ε: square the two coefficients")
+
+
+def check_guided_noise(uncond: Any, cond: Any, scale: float, answer: Any) -> Feedback:
+    """Classifier-free guidance: combine the two noise predictions with guidance scale ``scale``."""
+    expected = np.asarray(uncond, dtype=float) + scale * (np.asarray(cond, dtype=float) - np.asarray(uncond, dtype=float))
+    return check_array(answer, expected, what="the guided noise prediction",
+                       hint="start from the unconditional prediction and move `scale` times the difference")
+
+
+def check_latent_shape(factor: int, answer: Any, image_size: int = 32) -> Feedback:
+    """Shape (channels, height, width) of a 3×image_size×image_size image after a pixel unshuffle by ``factor``."""
+    expected = np.array([3 * factor**2, image_size // factor, image_size // factor], dtype=float)
+    return check_array(answer, expected, what="the latent shape",
+                       hint="each factor×factor patch of 3 channels becomes one position with 3·factor² channels")
+
+
+def check_all_correct(per_object: Any, answer: Any) -> Feedback:
+    """All-correct rate of images given per-image lists of per-attribute right/wrong flags."""
+    rows = [bool(np.all(np.asarray(r, dtype=bool))) for r in per_object]
+    return check_number(answer, float(np.mean(rows)), what="the all-correct rate",
+                        hint="an image counts only if every attribute of it is right")

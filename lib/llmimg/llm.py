@@ -1,0 +1,410 @@
+"""Stage 2: a tiny GPT-2 that writes full ShapesWorld descriptions from a CLIP embedding.
+
+ClipCap-style: a small MLP (the *prefix mapper*) turns one CLIP embedding into
+``prefix_length`` vectors that GPT-2 reads before ``<bos>``; GPT-2 then writes the
+description. One model serves two tasks, told apart by a learned task vector:
+
+* ``"upsample"``: from a typed prompt's CLIP *text* embedding, write a description
+  that keeps what the prompt states and fills in the rest the way the data does;
+* ``"caption"``: from an image's CLIP *image* embedding, write that image's
+  description (the P(D | I) term of the joint model in notebook 01).
+
+The CLIP stays frozen; the GPT-2 and the mapper train together with the
+language-model loss on the description tokens. A saved LLM is a ``save_pretrained``
+GPT-2 folder (``AutoModelForCausalLM`` and ``AutoTokenizer`` load it) with the mapper
+in ``prefix_mapper/`` (a diffusers ``ModelMixin``, so ``PrefixMapper.from_pretrained``
+loads it).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from torch import nn
+from transformers.utils import logging as hf_logging
+
+from llmimg import clip as clip_stage
+from llmimg.checkpoints import CheckpointError, cached, read_manifest, require_folder, write_manifest
+from llmimg.config import Profile, get_profile
+from llmimg.text import BOS_ID, CONTEXT_LENGTH, EOS_ID, PAD_ID, check_prompt, decode, encode
+from llmimg.training import TrainConfig, fit
+
+# transformers reports every save and load with a progress bar and warns about settings
+# we chose on purpose (no padding in generation); keep notebooks readable.
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
+
+TASKS: tuple[str, ...] = ("upsample", "caption")
+FILES = ["config.json", "model.safetensors", "tokenizer.json", "prefix_mapper/config.json"]
+RETRAIN = "llmimg train llm --force"
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """Everything that determines a trained LLM: GPT-2 shape, prefix, data, training and its CLIP."""
+
+    n_embd: int = 128
+    n_layer: int = 3
+    n_head: int = 4
+    prefix_length: int = 4
+    mapper_hidden: int = 256
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500, batch_size=64, lr=1e-3))
+    n_train: int = 20_000
+    caption_rate: float = 0.5  # share of training examples that are captioning (the rest upsampling)
+    seed: int = 0
+    clip: dict[str, Any] = field(default_factory=lambda: clip_stage.ClipConfig().as_dict())
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LLMConfig:
+        return cls(**{**d, "train": TrainConfig(**d["train"])})
+
+
+def default_config(profile: str | Profile | None = None) -> LLMConfig:
+    """The LLM each profile trains (on top of that profile's CLIP)."""
+    p = get_profile(profile)
+    return LLMConfig(
+        n_embd=p.pick(smoke=32, default=128, full=256),
+        n_layer=p.pick(smoke=1, default=3, full=6),
+        n_head=p.pick(smoke=2, default=4, full=8),
+        mapper_hidden=p.pick(smoke=64, default=256, full=512),
+        train=TrainConfig(steps=p.pick(smoke=30, default=1500, full=20_000),
+                          batch_size=p.pick(smoke=32, default=64, full=256),
+                          lr=p.pick(smoke=3e-3, default=1e-3, full=5e-4),
+                          warmup_steps=p.pick(smoke=5, default=100, full=500)),
+        n_train=p.pick(smoke=512, default=20_000, full=200_000),
+        clip=clip_stage.default_config(p).as_dict(),
+    )
+
+
+class PrefixMapper(ModelMixin, ConfigMixin):
+    """ClipCap's mapping network: a CLIP embedding (plus a task vector) to GPT-2 prefix embeddings."""
+
+    @register_to_config
+    def __init__(self, clip_dim: int = 128, n_embd: int = 128, prefix_length: int = 4,
+                 hidden_dim: int = 256, n_tasks: int = len(TASKS)) -> None:
+        super().__init__()
+        self.task = nn.Embedding(n_tasks, clip_dim)
+        self.mlp = nn.Sequential(nn.Linear(clip_dim, hidden_dim), nn.Tanh(),
+                                 nn.Linear(hidden_dim, prefix_length * n_embd))
+
+    def forward(self, z: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        """Prefix embeddings (B, prefix_length, n_embd) of unit CLIP embeddings ``z`` (B, clip_dim)."""
+        # CLIP embeddings are unit vectors: scale them up to the task vectors' N(0, 1) size.
+        h = self.mlp(z * z.shape[-1] ** 0.5 + self.task(task))
+        return h.view(len(z), self.config.prefix_length, self.config.n_embd)
+
+
+class ClipCapLM(nn.Module):
+    """GPT-2 with its prefix mapper: the trainable part of stage 2."""
+
+    def __init__(self, gpt2: nn.Module, mapper: PrefixMapper) -> None:
+        super().__init__()
+        self.gpt2, self.mapper = gpt2, mapper
+
+    def prefix_embeds(self, z: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        """The prefix followed by ``<bos>``'s embedding: what generation starts from."""
+        prefix = self.mapper(z, task)
+        bos = self.gpt2.get_input_embeddings()(torch.full((len(z), 1), BOS_ID, device=z.device))
+        return torch.cat([prefix, bos], dim=1)
+
+    def forward(self, z: torch.Tensor, task: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the description tokens (``input_ids`` = ``<bos>`` description ``<eos>`` pads)."""
+        prefix = self.mapper(z, task)
+        embeds = torch.cat([prefix, self.gpt2.get_input_embeddings()(input_ids)], dim=1)
+        mask = torch.cat([attention_mask.new_ones(prefix.shape[:2]), attention_mask], dim=1)
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        labels[:, 0] = -100  # <bos> is given, not predicted
+        labels = torch.cat([labels.new_full(prefix.shape[:2], -100), labels], dim=1)
+        return self.gpt2(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+
+
+def _task_ids(task: str, n: int, device: torch.device) -> torch.Tensor:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    return torch.full((n,), TASKS.index(task), dtype=torch.long, device=device)
+
+
+class ShapesLLM:
+    """The trained stage 2 with its CLIP: :meth:`upsample` prompts and :meth:`caption` images."""
+
+    def __init__(self, lm: ClipCapLM, tokenizer: Any, clip: clip_stage.ShapesCLIP, config: LLMConfig,
+                 path: Path | None = None, history: list[dict] | None = None) -> None:
+        self.lm, self.tokenizer, self.clip, self.config, self.path = lm.eval(), tokenizer, clip, config, path
+        self.history = history or []
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.lm.parameters()).device
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, task: str, *, do_sample: bool = True, temperature: float = 1.0,
+                 top_k: int | None = None, num_beams: int = 1, seed: int | None = None,
+                 use_cache: bool = True, max_new_tokens: int = CONTEXT_LENGTH) -> list[str]:
+        """Descriptions written from CLIP embeddings ``z`` (B, embed_dim) with transformers' ``generate``.
+
+        ``do_sample=False`` is greedy (or beam search with ``num_beams > 1``);
+        sampling takes ``temperature`` and ``top_k``. ``seed`` seeds torch's global
+        generator first (``generate`` samples from it). ``use_cache`` is passed on, but
+        transformers 5 keeps the KV cache on when generating from ``inputs_embeds`` (as a
+        prefix needs); notebook 04 shows this and times a loop without the cache.
+        """
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        if num_beams < 1:
+            raise ValueError(f"num_beams must be at least 1, got {num_beams}")
+        if seed is not None:
+            torch.manual_seed(seed)
+        z = z.to(self.device)
+        embeds = self.lm.prefix_embeds(z, _task_ids(task, len(z), z.device))
+        options: dict[str, Any] = {"do_sample": do_sample, "num_beams": num_beams}
+        if do_sample:
+            options.update(temperature=temperature, top_k=top_k or 0)
+        ids = self.lm.gpt2.generate(
+            inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=z.device),
+            max_new_tokens=max_new_tokens, eos_token_id=EOS_ID, pad_token_id=PAD_ID, use_cache=use_cache,
+            **options)
+        return decode(self.tokenizer, ids)
+
+    def upsample(self, prompts: list[str], **kwargs: Any) -> list[str]:
+        """Full descriptions for typed prompts (checked: unknown words raise :class:`~llmimg.text.UnknownWordsError`)."""
+        prompts = [check_prompt(self.tokenizer, p) for p in prompts]
+        return self.generate(self.clip.encode_text(prompts).to(self.device), "upsample", **kwargs)
+
+    def caption(self, images: torch.Tensor | np.ndarray, **kwargs: Any) -> list[str]:
+        """Descriptions of images (uint8 (B, H, W, 3) or [0, 1] float (B, 3, H, W)); greedy by default."""
+        kwargs.setdefault("do_sample", False)
+        return self.generate(self.clip.encode_image(images).to(self.device), "caption", **kwargs)
+
+    def save(self, path: str | Path, metrics: dict[str, Any] | None = None) -> Path:
+        """Write a ``save_pretrained`` GPT-2 folder with the tokenizer, ``prefix_mapper/`` and ``llmimg.json``."""
+        path = Path(path)
+        self.lm.gpt2.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        self.lm.mapper.save_pretrained(path / "prefix_mapper")
+        clip_folder = self.clip.path.name if self.clip.path is not None else None
+        write_manifest(path, "llm", self.config.as_dict(), clip_folder=clip_folder,
+                       history=self.history, metrics=metrics or {})
+        return path
+
+
+def build(config: LLMConfig, clip: clip_stage.ShapesCLIP) -> ShapesLLM:
+    """An untrained GPT-2 and prefix mapper sized by ``config``, for ``clip``'s embeddings."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(config.seed)
+    gpt2 = GPT2LMHeadModel(GPT2Config(
+        vocab_size=len(clip.tokenizer), n_positions=config.prefix_length + 1 + CONTEXT_LENGTH,
+        n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head,
+        bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID))
+    gpt2.generation_config.pad_token_id = PAD_ID
+    mapper = PrefixMapper(clip_dim=clip.embed_dim, n_embd=config.n_embd, prefix_length=config.prefix_length,
+                          hidden_dim=config.mapper_hidden)
+    return ShapesLLM(ClipCapLM(gpt2, mapper), clip.tokenizer, clip, config)
+
+
+def load(path: str | Path, clip: clip_stage.ShapesCLIP | None = None) -> ShapesLLM:
+    """Load an LLM saved by :meth:`ShapesLLM.save`; its CLIP comes from the cache folder beside it unless given."""
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    path = require_folder(path, FILES, "an LLM checkpoint", RETRAIN)
+    manifest = read_manifest(path)
+    if clip is None:
+        if not manifest.get("clip_folder"):
+            raise CheckpointError(f"{path.name!r} does not say which CLIP it was trained with; pass clip=")
+        clip = clip_stage.load(path.parent / manifest["clip_folder"])
+    try:
+        gpt2 = GPT2LMHeadModel.from_pretrained(path)
+        mapper = PrefixMapper.from_pretrained(path / "prefix_mapper")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as err:  # safetensors, JSON and shape errors all mean a damaged folder
+        raise CheckpointError(f"{path.name!r} is not a loadable LLM checkpoint ({err}); retrain it with "
+                              f"`{RETRAIN}`") from err
+    if mapper.config.clip_dim != clip.embed_dim:
+        raise CheckpointError(f"{path.name!r} expects {mapper.config.clip_dim}-d CLIP embeddings, "
+                              f"the CLIP given has {clip.embed_dim}")
+    return ShapesLLM(ClipCapLM(gpt2, mapper), tokenizer, clip, LLMConfig.from_dict(manifest["config"]), path,
+                     manifest.get("history"))
+
+
+# -- training ------------------------------------------------------------------------
+class LLMBank:
+    """Training examples: frozen-CLIP embeddings of ``n`` scenes' images and prompts, and their descriptions."""
+
+    def __init__(self, n: int, clip: clip_stage.ShapesCLIP, seed: int = 0, split: str = "train",
+                 chunk: int = 1000) -> None:
+        from llmimg.data import ShapesWorld
+
+        samples = list(ShapesWorld(seed=seed).samples(n, split))
+        images, prompts = [], []
+        for start in range(0, n, chunk):
+            part = samples[start:start + chunk]
+            images.append(clip.encode_image(np.stack([s.image for s in part])).cpu())
+            prompts.append(clip.encode_text([s.prompt for s in part], check=False).cpu())
+        self.image_z, self.prompt_z = torch.cat(images), torch.cat(prompts)
+        enc = encode(clip.tokenizer, [s.description for s in samples], check=False)
+        self.ids, self.mask = enc["input_ids"], enc["attention_mask"]
+
+    def batch(self, step: int, batch_size: int, caption_rate: float, seed: int = 0) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        idx = torch.randint(len(self.ids), (batch_size,), generator=g)
+        task = (torch.rand(batch_size, generator=g) < caption_rate).long()  # 1 = caption
+        z = torch.where(task[:, None] == 1, self.image_z[idx], self.prompt_z[idx])
+        mask = self.mask[idx]
+        length = int(mask.sum(1).max())  # drop the columns that are padding in every row: half the compute
+        return {"z": z, "task": task, "input_ids": self.ids[idx, :length], "attention_mask": mask[:, :length]}
+
+
+def train(config: LLMConfig, clip: clip_stage.ShapesCLIP, *, work_dir: str | Path | None = None,
+          progress: bool = True) -> ShapesLLM:
+    """Train GPT-2 and the prefix mapper on both tasks with the CLIP frozen; returns the model (not saved)."""
+    llm = build(config, clip)
+    bank = LLMBank(config.n_train, clip, seed=config.seed)
+
+    def loss(model: nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(b["z"], b["task"], b["input_ids"], b["attention_mask"])
+
+    result = fit(llm.lm, lambda s: bank.batch(s, config.train.batch_size, config.caption_rate, config.seed),
+                 loss, config.train, work_dir=work_dir, desc="LLM", progress=progress,
+                 meta={"llm": config.as_dict()})
+    return ShapesLLM(result.model, clip.tokenizer, clip, config, history=result.history)
+
+
+def get(profile: str | Profile | None = None, *, force: bool = False, progress: bool = True,
+        config: LLMConfig | None = None) -> ShapesLLM:
+    """The profile's trained LLM (and its CLIP) from the cache, trained first if not there."""
+    config = config or default_config(profile)
+    clip = clip_stage.get(profile, progress=progress, config=clip_stage.ClipConfig.from_dict(config.clip))
+
+    def build_into(out: Path, work: Path) -> None:
+        llm = train(config, clip, work_dir=work, progress=progress)
+        llm.save(out, metrics=evaluate(llm, n=get_profile(profile).pick(smoke=50, default=500, full=1000)))
+
+    return load(cached("llm", config.as_dict(), build_into, profile=profile, force=force), clip)
+
+
+# -- evaluation ----------------------------------------------------------------------
+OPEN_ATTRIBUTES = ("colour", "size", "position")
+
+
+def open_attributes(prompt: str, scene: Any) -> list[tuple[str, str]]:
+    """(attribute, value) of every attribute ``scene`` fills in that ``prompt`` leaves open.
+
+    Prompt objects are paired with the scene's objects by the first assignment that
+    keeps every stated attribute; an unfaithful scene gives nothing.
+    """
+    from llmimg.data import parse_prompt
+
+    partials = parse_prompt(prompt)
+    if len(partials) != len(scene):
+        return []
+    for perm in itertools.permutations(scene.objects):
+        if all(p.matches(o) for p, o in zip(partials, perm)):
+            return [(a, getattr(o, a)) for p, o in zip(partials, perm) for a in OPEN_ATTRIBUTES
+                    if getattr(p, a) is None]
+    return []
+
+
+def total_variation(a: Counter, b: Counter) -> float:
+    """Total-variation distance between two empirical distributions given as counts."""
+    na, nb = sum(a.values()), sum(b.values())
+    if not na or not nb:
+        return float("nan")
+    return 0.5 * sum(abs(a[k] / na - b[k] / nb) for k in set(a) | set(b))
+
+
+def upsampling_scores(prompts: list[str], outputs: list[str], seed: int = 0) -> dict[str, Any]:
+    """Validity, faithfulness and open-attribute distribution match of descriptions written for ``prompts``.
+
+    The distribution is compared with the oracle upsampler (:func:`~llmimg.data.complete_prompt`)
+    on the same prompts, by the total-variation distance per open attribute;
+    ``open_attribute_tv_floor`` is the distance between two oracle runs of the same
+    size, the part of the number that is sampling noise.
+    """
+    from llmimg.data import ParseError, complete_prompt, parse_description, parse_prompt, prompt_matches
+
+    rng = np.random.default_rng(seed)
+    valid = faithful = 0
+    model, oracle, oracle2 = Counter(), Counter(), Counter()
+    by_count: dict[str, list[bool]] = {}
+    for prompt, text in zip(prompts, outputs):
+        kept = by_count.setdefault(str(len(parse_prompt(prompt))), [])
+        kept.append(False)
+        oracle.update(open_attributes(prompt, complete_prompt(prompt, rng)))
+        oracle2.update(open_attributes(prompt, complete_prompt(prompt, rng)))
+        try:
+            scene = parse_description(text)
+        except ParseError:
+            continue
+        valid += 1
+        if prompt_matches(prompt, scene):
+            faithful += 1
+            kept[-1] = True
+            model.update(open_attributes(prompt, scene))
+    by_attr = {a: total_variation(Counter({k: v for k, v in model.items() if k[0] == a}),
+                                  Counter({k: v for k, v in oracle.items() if k[0] == a})) for a in OPEN_ATTRIBUTES}
+    floor = {a: total_variation(Counter({k: v for k, v in oracle2.items() if k[0] == a}),
+                                Counter({k: v for k, v in oracle.items() if k[0] == a})) for a in OPEN_ATTRIBUTES}
+    n = len(prompts)
+    return {"valid_rate": valid / n, "faithfulness": faithful / n,
+            "faithfulness_by_objects": {k: float(np.mean(v)) for k, v in sorted(by_count.items())},
+            "open_attribute_tv": _mean(by_attr.values()),
+            "open_attribute_tv_floor": _mean(floor.values()),
+            "open_attribute_tv_per_attribute": by_attr}
+
+
+def _mean(values: Any) -> float:
+    """Mean of the numbers that are not NaN; NaN if there are none (no open attribute was ever filled in)."""
+    finite = [v for v in values if not np.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def caption_scores(scenes: list[Any], outputs: list[str]) -> dict[str, float]:
+    """Share of captions that parse, and that describe their image exactly (every attribute right)."""
+    from llmimg.data import ParseError, parse_description
+
+    valid = exact = 0
+    for scene, text in zip(scenes, outputs):
+        try:
+            written = parse_description(text)
+        except ParseError:
+            continue
+        valid += 1
+        exact += written == scene
+    return {"caption_valid_rate": valid / len(scenes), "caption_accuracy": exact / len(scenes)}
+
+
+def evaluate(llm: ShapesLLM, n: int = 500, split: str = "val", seed: int = 0,
+             batch_size: int = 250) -> dict[str, Any]:
+    """The LLM metrics of ``llmimg eval llm`` on ``n`` held-out scenes: upsampling (sampled) and captioning (greedy)."""
+    from llmimg.data import ShapesWorld
+
+    samples = list(ShapesWorld(seed=seed).samples(n, split))
+    prompts = [s.prompt for s in samples]
+    t0 = time.perf_counter()
+    upsampled, captions = [], []
+    for start in range(0, n, batch_size):
+        part = samples[start:start + batch_size]
+        upsampled += llm.upsample([s.prompt for s in part], seed=seed + start)
+        captions += llm.caption(np.stack([s.image for s in part]))
+    seconds = time.perf_counter() - t0
+    return {**upsampling_scores(prompts, upsampled, seed=seed),
+            **caption_scores([s.scene for s in samples], captions),
+            "n": n, "seconds": seconds}
+
+
+__all__ = ["ClipCapLM", "LLMBank", "LLMConfig", "OPEN_ATTRIBUTES", "PrefixMapper", "ShapesLLM", "TASKS", "build",
+           "caption_scores", "default_config", "evaluate", "get", "load", "open_attributes", "total_variation",
+           "train", "upsampling_scores"]

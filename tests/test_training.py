@@ -1,0 +1,237 @@
+"""The shared training loop and the checkpoint helpers: loss falls, resuming is exact, failures lose nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from llmimg.checkpoints import (CheckpointError, atomic_directory, cached, config_key, load_tensors, read_manifest,
+                                require_folder, save_tensors)
+from llmimg.training import TrainConfig, _optimizer_from_tensors, _optimizer_to_tensors, fit, lr_factor
+
+TRUE_W = torch.tensor([[1.5, -2.0, 0.5]])
+
+
+def batch(step: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(step)
+    x = torch.randn(16, 3, generator=g)
+    return {"x": x, "y": x @ TRUE_W.T + 0.3}
+
+
+def loss(model: nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    return nn.functional.mse_loss(model(b["x"]), b["y"])
+
+
+def fresh_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Linear(3, 1)
+
+
+CONFIG = TrainConfig(steps=80, batch_size=16, lr=0.2, weight_decay=0.0, warmup_steps=3, checkpoint_every=10, log_every=10)
+
+
+def test_lr_schedule():
+    assert lr_factor(0, 10, 100) == pytest.approx(0.1)
+    assert lr_factor(9, 10, 100) == pytest.approx(1.0)
+    assert lr_factor(10, 10, 100) == pytest.approx(1.0)
+    assert lr_factor(55, 10, 100) == pytest.approx(0.55)
+    assert lr_factor(100, 10, 100) == pytest.approx(0.1)
+
+
+def test_loss_falls_and_history_is_kept():
+    result = fit(fresh_model(), batch, loss, CONFIG, progress=False)
+    losses = [h["loss"] for h in result.history]
+    assert [h["step"] for h in result.history] == list(range(10, 81, 10))
+    assert losses[-1] < 0.1 * losses[0]
+    assert torch.allclose(result.model.weight, TRUE_W, atol=0.2)
+
+
+def test_bad_training_config():
+    with pytest.raises(ValueError, match="steps must be positive"):
+        TrainConfig(steps=0, batch_size=4)
+    with pytest.raises(ValueError, match="lr must be positive"):
+        TrainConfig(steps=1, batch_size=4, lr=0)
+
+
+def test_diverging_loss_stops_with_a_clear_error():
+    def nan_loss(model, b):
+        return model(b["x"]).sum() * float("nan")
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        fit(fresh_model(), batch, nan_loss, CONFIG, progress=False)
+
+
+def test_interrupted_training_resumes_exactly(tmp_path):
+    straight = fit(fresh_model(), batch, loss, CONFIG, progress=False).model
+
+    def interrupted_batch(step):
+        if step == 17:
+            raise KeyboardInterrupt
+        return batch(step)
+    with pytest.raises(KeyboardInterrupt):
+        fit(fresh_model(), interrupted_batch, loss, CONFIG, work_dir=tmp_path, progress=False)
+    state = json.loads((tmp_path / "trainer_state.json").read_text())
+    assert state["step"] == 17
+    resumed = fit(fresh_model(), batch, loss, CONFIG, work_dir=tmp_path, progress=False)
+    assert resumed.resumed_from == 17
+    assert torch.allclose(resumed.model.weight, straight.weight, atol=1e-6)
+    assert torch.allclose(resumed.model.bias, straight.bias, atol=1e-6)
+
+
+def test_a_different_run_is_not_resumed(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        fit(fresh_model(), lambda s: (_ for _ in ()).throw(KeyboardInterrupt) if s == 12 else batch(s), loss,
+            CONFIG, work_dir=tmp_path, progress=False, meta={"run": "a"})
+    result = fit(fresh_model(), batch, loss, CONFIG, work_dir=tmp_path, progress=False, meta={"run": "b"})
+    assert result.resumed_from == 0
+
+
+def test_damaged_resume_state_is_a_clear_error(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        fit(fresh_model(), lambda s: (_ for _ in ()).throw(KeyboardInterrupt) if s == 12 else batch(s), loss,
+            CONFIG, work_dir=tmp_path, progress=False)
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="delete that folder"):
+        fit(fresh_model(), batch, loss, CONFIG, work_dir=tmp_path, progress=False)
+
+
+def test_optimizer_state_round_trips_without_pickle():
+    model = fresh_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    loss(model, batch(0)).backward()
+    opt.step()
+    tensors, meta = _optimizer_to_tensors(opt)
+    json.dumps(meta)  # everything that is not a tensor is JSON
+    restored = _optimizer_from_tensors(tensors, json.loads(json.dumps(meta)))
+    opt2 = torch.optim.AdamW(fresh_model().parameters(), lr=0.1)
+    opt2.load_state_dict(restored)
+    for a, b in zip(opt.state.values(), opt2.state.values()):
+        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["step"], b["step"])
+
+
+def test_atomic_directory_replaces_on_success_and_keeps_old_on_error(tmp_path):
+    target = tmp_path / "model"
+    with atomic_directory(target) as tmp:
+        (tmp / "a.txt").write_text("one")
+    assert (target / "a.txt").read_text() == "one"
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as tmp:
+            (tmp / "a.txt").write_text("two")
+            raise RuntimeError("crash while saving")
+    assert (target / "a.txt").read_text() == "one"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary folder left
+
+
+def test_tensors_round_trip_and_damage_is_detected(tmp_path):
+    tensors = {"w": torch.randn(3, 4), "b": torch.arange(5)}
+    save_tensors(tensors, tmp_path / "t.safetensors")
+    loaded = load_tensors(tmp_path / "t.safetensors")
+    assert all(torch.equal(tensors[k], loaded[k]) for k in tensors)
+    data = (tmp_path / "t.safetensors").read_bytes()
+    (tmp_path / "t.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_tensors(tmp_path / "t.safetensors")
+    with pytest.raises(CheckpointError, match="missing"):
+        load_tensors(tmp_path / "none.safetensors")
+
+
+def test_require_folder_messages(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist.*llmimg train clip"):
+        require_folder(tmp_path / "nope", ["x"], "a CLIP checkpoint", "llmimg train clip")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CheckpointError, match="is a file"):
+        require_folder(tmp_path / "file", ["x"], "a CLIP checkpoint", "llmimg train clip")
+    (tmp_path / "d").mkdir()
+    with pytest.raises(CheckpointError, match="x, y missing"):
+        require_folder(tmp_path / "d", ["x", "y"], "a CLIP checkpoint", "llmimg train clip")
+
+
+def test_cached_builds_once_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMIMG_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def build(out, work):
+        calls.append(out)
+        (out / "weights.txt").write_text("w")
+
+    first = cached("toy", {"a": 1}, build, profile="smoke")
+    second = cached("toy", {"a": 1}, build, profile="smoke")
+    assert first == second == tmp_path / "smoke" / config_key("toy", {"a": 1}) and len(calls) == 1
+    assert read_manifest(first) == {"stage": "toy", "config": {"a": 1}}
+    cached("toy", {"a": 1}, build, profile="smoke", force=True)
+    assert len(calls) == 2
+    assert config_key("toy", {"a": 2}) != config_key("toy", {"a": 1})
+
+    def failing(out, work):
+        (out / "half.txt").write_text("half")
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        cached("toy", {"a": 3}, failing, profile="smoke")
+    assert not (tmp_path / "smoke" / config_key("toy", {"a": 3})).exists()
+    assert not [p for p in (tmp_path / "smoke").iterdir() if p.name.startswith(".") and p.suffix != ".lock"]
+
+
+def _two_process_run():
+    from accelerate import PartialState
+
+    result = fit(fresh_model(), batch, loss, CONFIG, progress=False, device="cpu")
+    state = PartialState()
+    assert state.num_processes == 2
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < 0.1 * losses[0]
+    # DDP keeps the replicas identical: every process ends with the same weights
+    weights = result.model.weight.detach().clone()
+    gathered = [torch.zeros_like(weights) for _ in range(2)]
+    torch.distributed.all_gather(gathered, weights)
+    assert torch.equal(gathered[0], gathered[1])
+
+
+def test_the_same_loop_runs_on_two_processes():
+    """What `accelerate launch --num_processes 2` does, on the CPU (gloo): the loop needs no change.
+
+    It runs in a fresh interpreter: accelerate's process state is a singleton, and this
+    test process already holds a one-process one from the tests above.
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; sys.path.insert(0, 'tests'); from accelerate import debug_launcher; "
+            "from test_training import _two_process_run; debug_launcher(_two_process_run, num_processes=2)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True,
+                            text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _train_toy_in_cache(cache: str, log: str) -> None:
+    import os
+    import time
+
+    from llmimg.checkpoints import cached
+
+    os.environ["LLMIMG_CACHE_DIR"] = cache
+
+    def build(out, work):
+        with open(log, "a") as f:
+            f.write("built\n")
+        time.sleep(1.0)
+        (out / "weights.txt").write_text("w")
+
+    cached("toy", {"a": 1}, build, profile="smoke")
+
+
+def test_two_processes_asking_for_one_model_train_it_once(tmp_path):
+    import multiprocessing
+
+    log = tmp_path / "log.txt"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_train_toy_in_cache, args=(str(tmp_path / "cache"), str(log))) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert log.read_text() == "built\n"
+    assert (tmp_path / "cache" / "smoke" / config_key("toy", {"a": 1}) / "weights.txt").is_file()
