@@ -17,6 +17,11 @@ def llmimg(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
                           timeout=300, env=env)
 
 
+def stage_folders(cache):
+    """The trained-model folders of the smoke profile; hidden entries are the cache's lock files."""
+    return [p for p in (cache / "smoke").iterdir() if not p.name.startswith(".")]
+
+
 def test_version():
     result = llmimg("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"llmimg {__version__}"
@@ -73,7 +78,7 @@ def test_train_then_eval_clip_prints_one_json_object(tmp_path):
     trained = llmimg("train", "clip", "--profile", "smoke", "--no-progress", env=env)
     assert trained.returncode == 0, trained.stderr
     assert "clip (smoke profile) ready" in trained.stdout and "text_to_image_top1" in trained.stdout
-    folders = [p.name for p in (tmp_path / "smoke").iterdir()]
+    folders = [p.name for p in stage_folders(tmp_path)]
     assert len(folders) == 1 and folders[0].startswith("clip-")
     result = llmimg("eval", "clip", "--profile", "smoke", "--n", "100", "--json", "--no-progress", env=env)
     assert result.returncode == 0, result.stderr
@@ -90,13 +95,13 @@ def test_eval_llm_trains_what_it_needs(tmp_path):
     data = json.loads(result.stdout)
     for key in ("valid_rate", "faithfulness", "caption_accuracy"):
         assert 0.0 <= data[key] <= 1.0
-    assert sorted(p.name.split("-")[0] for p in (tmp_path / "smoke").iterdir()) == ["clip", "llm"]
+    assert sorted(p.name.split("-")[0] for p in stage_folders(tmp_path)) == ["clip", "llm"]
 
 
 def test_damaged_cache_is_a_one_line_error(tmp_path):
     env = cache_env(tmp_path)
     assert llmimg("train", "clip", "--profile", "smoke", "--no-progress", env=env).returncode == 0
-    (folder,) = (tmp_path / "smoke").iterdir()
+    (folder,) = stage_folders(tmp_path)
     weights = folder / "open_clip_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:50])
     result = llmimg("eval", "clip", "--profile", "smoke", "--json", env=env)
