@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from llmimg.atomic import atomic_write
-from llmimg.config import PROFILES
+from llmimg.config import PROFILE_ENV, PROFILES
 
 STAGES = ("clip", "llm", "generator")
 
@@ -47,6 +47,11 @@ def _seed(text: str) -> int:
     return value
 
 
+def _add_profile(command: argparse.ArgumentParser, what: str) -> None:
+    command.add_argument("--profile", choices=PROFILES, default=None,
+                         help=f"{what} (default: ${PROFILE_ENV}, else 'default')")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from llmimg import __version__
 
@@ -58,8 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = commands.add_parser("reproduce", help="run every notebook, write figures and a report",
                               description="Run every notebook of notebooks/ in order on a fresh kernel; "
                               "write executed notebooks and build/report.html, figures to figures/.")
-    rep.add_argument("--profile", choices=PROFILES, default=None,
-                     help="scale of every experiment (default: $LLMIMG_PROFILE, else 'default')")
+    _add_profile(rep, "scale of every experiment")
     rep.add_argument("--only", nargs="+", metavar="NB", help="run only these notebooks (e.g. 02 or 01_math)")
     rep.add_argument("--write-back", action="store_true",
                      help="write the outputs back into notebooks/ (to commit them)")
@@ -79,8 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train a stage for a profile and keep it in the model cache; the "
                                 "stages it needs are trained first. A cached stage is not retrained unless --force.")
     train.add_argument("stage", choices=STAGES)
-    train.add_argument("--profile", choices=PROFILES, default=None,
-                       help="model size and training length (default: $LLMIMG_PROFILE, else 'default')")
+    _add_profile(train, "model size and training length")
     train.add_argument("--force", action="store_true", help="retrain even if the cache has this stage")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -88,8 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Evaluate a stage on held-out ShapesWorld data; with --json print "
                                    "one JSON object (keys: see the README).")
     evaluate.add_argument("stage", choices=STAGES)
-    evaluate.add_argument("--profile", choices=PROFILES, default=None,
-                          help="which trained stage (default: $LLMIMG_PROFILE, else 'default')")
+    _add_profile(evaluate, "which trained stage")
     evaluate.add_argument("--n", type=_positive(100_000), default=None,
                           help="held-out examples to evaluate on (default: the profile's)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")

@@ -26,7 +26,7 @@ import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from llmimg.checkpoints import CheckpointError, cached, read_manifest, require_folder, write_manifest
 from llmimg.config import Profile, get_profile
 from llmimg.text import encode, train_tokenizer
-from llmimg.training import TrainConfig, fit
+from llmimg.training import StageConfig, TrainConfig, fit
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 IMAGE_MEAN = (0.5, 0.5, 0.5)  # maps [0, 1] pixels to [-1, 1]
@@ -48,7 +48,7 @@ RETRAIN = "llmimg train clip --force"
 
 
 @dataclass(frozen=True)
-class ClipConfig:
+class ClipConfig(StageConfig):
     """Everything that determines a trained CLIP: model config name, data and training."""
 
     model_name: str = "shapes-clip-small"
@@ -57,13 +57,6 @@ class ClipConfig:
     prompt_rate: float = 0.25
     hard_negative_weight: float = 1.0  # weight of the binding loss (see hard_negative); 0 turns it off
     seed: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ClipConfig:
-        return cls(**{**d, "train": TrainConfig(**d["train"])})
 
 
 def default_config(profile: str | Profile | None = None) -> ClipConfig:

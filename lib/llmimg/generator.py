@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from llmimg.checkpoints import CheckpointError, cached, require_folder, write_manifest
 from llmimg.config import Profile, get_device, get_profile
-from llmimg.training import TrainConfig, fit
+from llmimg.training import StageConfig, TrainConfig, fit
 
 STAGE = "generator"
 CONFIG_FILE = "generator.json"
@@ -74,7 +74,7 @@ class TextEncoder(Protocol):
 
 # -- configuration ------------------------------------------------------------------
 @dataclass(frozen=True)
-class GeneratorConfig:
+class GeneratorConfig(StageConfig):
     """Everything that defines a trained generator: the UNet's shape, the noise schedule, the data and training.
 
     ``attention_heads`` is the number of attention heads per transformer block (diffusers
@@ -142,18 +142,6 @@ class GeneratorConfig:
     @property
     def latent_channels(self) -> int:
         return 3 * self.unshuffle**2
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready values (tuples as lists), the form stored in ``generator.json`` and the cache key."""
-        d = asdict(self)
-        return json.loads(json.dumps(d))
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GeneratorConfig:
-        """The inverse of :meth:`as_dict`."""
-        d = dict(d)
-        d["train"] = TrainConfig(**d["train"])
-        return cls(**d)
 
 
 def default_config(profile: str | Profile | None = None) -> GeneratorConfig:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from llmimg import clip as clip_stage
 from llmimg.checkpoints import CheckpointError, cached, read_manifest, require_folder, write_manifest
 from llmimg.config import Profile, get_profile
 from llmimg.text import BOS_ID, CONTEXT_LENGTH, EOS_ID, PAD_ID, check_prompt, decode, encode
-from llmimg.training import TrainConfig, fit
+from llmimg.training import StageConfig, TrainConfig, fit
 
 # transformers reports every save and load with a progress bar and warns about settings
 # we chose on purpose (no padding in generation); keep notebooks readable.
@@ -49,7 +49,7 @@ RETRAIN = "llmimg train llm --force"
 
 
 @dataclass(frozen=True)
-class LLMConfig:
+class LLMConfig(StageConfig):
     """Everything that determines a trained LLM: GPT-2 shape, prefix, data, training and its CLIP."""
 
     n_embd: int = 128
@@ -62,13 +62,6 @@ class LLMConfig:
     caption_rate: float = 0.5  # share of training examples that are captioning (the rest upsampling)
     seed: int = 0
     clip: dict[str, Any] = field(default_factory=lambda: clip_stage.ClipConfig().as_dict())
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LLMConfig:
-        return cls(**{**d, "train": TrainConfig(**d["train"])})
 
 
 def default_config(profile: str | Profile | None = None) -> LLMConfig:

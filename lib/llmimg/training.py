@@ -56,6 +56,19 @@ class TrainConfig:
         return asdict(self)
 
 
+class StageConfig:
+    """Shared by the stages' frozen configuration dataclasses, which hold a ``train: TrainConfig`` field."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON values (tuples as lists): the form stored in manifests and hashed into cache keys."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        """The inverse of :meth:`as_dict`."""
+        return cls(**{**d, "train": TrainConfig(**d["train"])})
+
+
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     """Learning-rate multiplier: linear warm-up to 1, then cosine decay to 0.1 at the last step."""
     if step < warmup_steps:
