@@ -14,7 +14,7 @@ help:
 	@echo "make reproduce  run every notebook on a fresh kernel (PROFILE=$(PROFILE)); each trains what it needs; writes figures/ and build/report.html"
 	@echo "make test       unit tests and every notebook under nbval at the smoke profile"
 	@echo "make lab        open JupyterLab on notebooks/ with the project's environment"
-	@echo "make bench      speed benchmarks, JSON in build/bench.json"
+	@echo "make bench      speed benchmarks of data loading and the pipeline (PROFILE=$(PROFILE)), JSON in build/bench.json"
 	@echo "make clean      remove build/ and figures/ (keeps .venv and the model cache)"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -40,7 +40,7 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	@mkdir -p build
-	$(BIN)/llmimg bench --json | tee build/bench.json
+	$(BIN)/llmimg bench --profile $(PROFILE) --json | tee build/bench.json
 
 clean:
 	rm -rf build figures

@@ -28,3 +28,11 @@ def smoke_llm(smoke_clip):
     from llmimg import llm
 
     return llm.get("smoke", progress=False)
+
+
+@pytest.fixture(scope="session")
+def smoke_pipeline(smoke_llm):
+    """The smoke profile's whole pipeline (CLIP, LLM and, trained here, the generator) from the session cache."""
+    from llmimg import pipeline
+
+    return pipeline.get("smoke", progress=False)

@@ -56,11 +56,31 @@ def test_bad_arguments_give_one_line_errors(tmp_path, args, message):
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
-def test_bench_json():
-    result = llmimg("bench", "--n", "200", "--repeats", "2", "--json")
+def test_bench_data_only_json():
+    result = llmimg("bench", "--no-pipeline", "--n", "200", "--repeats", "2", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["data_images_per_s"] > 0 and data["data_threads"] == 1
+    assert "images_per_s" not in data
+
+
+def test_bench_pipeline_json(smoke_pipeline, smoke_cache):
+    result = llmimg("bench", "--profile", "smoke", "--n", "100", "--repeats", "1", "--quality-n", "2", "--json",
+                    env=cache_env(smoke_cache))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    latency = data["stage_latency_ms"]
+    assert set(latency) == {"batch_1", "batch_32"}
+    for ms in latency.values():
+        assert set(ms) == {"clip_encode", "llm_generate", "denoise", "postprocess", "total"}
+        assert ms["denoise"] > 0 and ms["total"] >= ms["denoise"]
+    assert data["images_per_s"] > 0 and data["baseline_images_per_s"] > 0
+    assert data["baseline_setting"] == "ddpm 1000 steps" and data["quality_prompts"] == 2
+    assert data["speedup_vs_baseline"] == pytest.approx(data["quality_images_per_s"] / data["baseline_images_per_s"],
+                                                        rel=0.01)
+    assert data["speedup_vs_baseline"] > 1  # 10 steps against 1000, whatever the machine
+    assert 0 <= data["all_correct"] <= 1 and 0 <= data["baseline_all_correct"] <= 1
+    assert data["peak_rss_mb"] > 0
 
 
 def test_reproduce_unknown_notebook_is_a_one_line_error():

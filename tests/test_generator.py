@@ -264,8 +264,8 @@ def test_every_scheduler_samples(gen):
 
 def test_guidance_combines_conditional_and_unconditional(gen):
     latents = torch.randn(2, 12, 16, 16)
-    states, mask = gen._states(DESCRIPTIONS[:2], check=True)
-    ustates, umask = gen._states([""], check=False)
+    states, mask = gen.text_states(DESCRIPTIONS[:2], check=True)
+    ustates, umask = gen.text_states([""], check=False)
     t = torch.tensor(600)
     with torch.no_grad():
         cond = G.unet_output(gen.unet, latents, t, states, mask)

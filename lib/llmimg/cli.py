@@ -3,7 +3,9 @@
     llmimg --version
     llmimg reproduce [--profile P] [--only NB ...] [--write-back]
     llmimg data preview --n N --seed S [--split SPLIT] [--caption prompt|description] -o FILE.png
-    llmimg bench [--json]
+    llmimg generate "PROMPT" [--steps N] [--guidance G] [--scheduler NAME] [--no-llm] [--seed S]
+                    [--batch B] [--profile P | --pipeline DIR] -o FILE.png [--json]
+    llmimg bench [--profile P] [--quality-n N] [--no-pipeline] [--json]
     llmimg train {clip,llm,generator} [--profile P] [--force]
     llmimg eval {clip,llm,generator} [--profile P] [--n N] [--json]
 
@@ -15,12 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from llmimg.atomic import atomic_write
 from llmimg.config import PROFILE_ENV, PROFILES
+
+if TYPE_CHECKING:
+    from llmimg.pipeline import ShapesPipeline
 
 STAGES = ("clip", "llm", "generator")
 
@@ -47,9 +53,67 @@ def _seed(text: str) -> int:
     return value
 
 
-def _add_profile(command: argparse.ArgumentParser, what: str) -> None:
+def _guidance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
+    return value
+
+
+def _add_profile(command: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup, what: str) -> None:
     command.add_argument("--profile", choices=PROFILES, default=None,
                          help=f"{what} (default: ${PROFILE_ENV}, else 'default')")
+
+
+class _Schedulers:
+    """The sampler names as argparse ``choices``, looked up on first use.
+
+    They live in :mod:`llmimg.generator`, which takes seconds to import (torch); every
+    command builds the whole parser, and ``llmimg --version`` should not wait for that.
+    """
+
+    def __contains__(self, name: object) -> bool:
+        from llmimg.generator import SCHEDULERS
+
+        return name in SCHEDULERS
+
+    def __iter__(self):
+        from llmimg.generator import SCHEDULERS
+
+        return iter(SCHEDULERS)
+
+
+def _add_generate(commands: argparse._SubParsersAction) -> None:
+    # Defaults of None stand for the pipeline's DEFAULT_STEPS and DEFAULT_SCHEDULER (read when the command runs,
+    # for the same reason as _Schedulers); the help repeats their values and a test checks it stays true.
+    gen = commands.add_parser(
+        "generate", help="draw a prompt with the whole pipeline (CLIP, LLM, UNet) into PNG files",
+        description="Draw a prompt: the LLM writes a full description of it and the UNet draws that "
+        "description (with --no-llm, the prompt itself). Writes FILE.png, or FILE-1.png ... FILE-B.png with "
+        "--batch B; image k is drawn with the seed S+k-1 alone, so it is the same whatever the batch size. "
+        "Prints each description and how long every stage took.")
+    gen.add_argument("prompt", help="what to draw, in ShapesWorld's words (e.g. 'a red circle')")
+    gen.add_argument("--steps", type=_positive(1000), default=None, metavar="N",
+                     help="denoising steps, 1-1000 (default: 10, the pipeline's DEFAULT_STEPS)")
+    gen.add_argument("--guidance", type=_guidance, default=None, metavar="G",
+                     help="classifier-free guidance scale, >= 0, on above 1 (default: the model's)")
+    gen.add_argument("--scheduler", choices=_Schedulers(), default=None, metavar="NAME",
+                     help="sampler: %(choices)s (default: dpm++, the pipeline's DEFAULT_SCHEDULER)")
+    gen.add_argument("--no-llm", action="store_true", help="draw the prompt itself, without the LLM's description")
+    gen.add_argument("--seed", type=_seed, default=0, metavar="S", help="seed of the first image (default 0)")
+    gen.add_argument("--batch", type=_positive(256), default=1, metavar="B",
+                     help="number of images, 1-256 (default 1); more than 1 writes FILE-1.png ... FILE-B.png")
+    source = gen.add_mutually_exclusive_group()
+    _add_profile(source, "which trained models (missing stages are trained first)")
+    source.add_argument("--pipeline", type=Path, metavar="DIR",
+                        help="a folder written by ShapesPipeline.save_pretrained, instead of a profile's models")
+    gen.add_argument("-o", "--output", required=True, type=Path, metavar="FILE.png",
+                     help="PNG file to write (see --batch)")
+    gen.add_argument("--json", action="store_true", help="print one JSON object")
+    gen.add_argument("--no-progress", action="store_true", help="no progress bars while training missing stages")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--cols", type=_positive(64), default=4, help="samples per row (default 4)")
     preview.add_argument("-o", "--output", required=True, type=Path, help="PNG file to write")
 
+    _add_generate(commands)
+
     train = commands.add_parser("train", help="train a stage (or load it if the cache has it)",
                                 description="Train a stage for a profile and keep it in the model cache; the "
                                 "stages it needs are trained first. A cached stage is not retrained unless --force.")
@@ -97,9 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    bench = commands.add_parser("bench", help="measure speeds (ShapesWorld data loading)")
-    bench.add_argument("--n", type=_positive(1_000_000), default=2000, help="samples per timed pass")
+    bench = commands.add_parser("bench", help="measure speeds: data loading, the pipeline's stages, fast vs "
+                                "1000-step DDPM at equal quality")
+    _add_profile(bench, "the pipeline to measure")
+    bench.add_argument("--n", type=_positive(1_000_000), default=2000, help="data samples per timed pass")
     bench.add_argument("--repeats", type=_positive(100), default=5, help="timed passes (median reported)")
+    bench.add_argument("--quality-n", type=_positive(100_000), default=None,
+                       help="prompts drawn by both the fast setting and the baseline (default: 4 smoke, 32 default, "
+                            "256 full)")
+    bench.add_argument("--no-pipeline", action="store_true", help="measure data loading only (seconds, not minutes)")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bars if a stage must be trained")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -131,6 +204,76 @@ def _preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _output_files(output: Path, batch: int) -> list[Path]:
+    """The PNG files ``generate`` writes; checked before anything is loaded, so a typo costs no generation."""
+    if output.suffix.lower() != ".png":
+        raise ValueError(f"the output file must end in .png, got {output.name!r}")
+    if not output.parent.is_dir():
+        raise ValueError(f"the folder {str(output.parent)!r} of the output file does not exist")
+    files = [output] if batch == 1 else [output.with_name(f"{output.stem}-{k}{output.suffix}")
+                                         for k in range(1, batch + 1)]
+    for file in files:
+        if file.is_dir():
+            raise ValueError(f"{str(file)!r} is a folder, not a PNG file")
+    return files
+
+
+def _load_pipeline(args: argparse.Namespace) -> ShapesPipeline:
+    """The saved pipeline of ``--pipeline``, else the profile's (its missing stages trained first)."""
+    from llmimg import pipeline
+
+    if args.pipeline is None:
+        return pipeline.get(args.profile, progress=not args.no_progress)
+    return pipeline.ShapesPipeline.from_pretrained(args.pipeline)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    """``llmimg generate``: check the arguments, load the pipeline, draw every image, then write them all."""
+    files = _output_files(args.output, args.batch)
+    if args.seed + args.batch - 1 >= 2**63:  # torch.Generator's range
+        raise ValueError(f"--seed plus --batch must stay below 2**63, got seeds up to {args.seed + args.batch - 1}")
+    import torch
+
+    from llmimg.pipeline import DEFAULT_SCHEDULER, DEFAULT_STEPS, STAGES
+
+    steps, scheduler = args.steps or DEFAULT_STEPS, args.scheduler or DEFAULT_SCHEDULER
+    pipe = _load_pipeline(args)
+    pipe.use_scheduler(scheduler)
+    images, descriptions, timings = [], [], dict.fromkeys((*STAGES, "total"), 0.0)
+    # One call per image: the LLM samples a batch from one random stream, so a batched call would make
+    # image k's description depend on the batch size. Alone, image k depends only on its seed.
+    for k in range(args.batch):
+        out = pipe(args.prompt, num_inference_steps=steps, guidance_scale=args.guidance,
+                   generator=torch.Generator().manual_seed(args.seed + k), upsample=not args.no_llm)
+        images += out.images
+        descriptions += out.descriptions
+        timings = {key: timings[key] + out.timings[key] for key in timings}
+    for image, file in zip(images, files):  # only now: a failed generation writes nothing
+        _write_png(image, file)
+    guidance = args.guidance if args.guidance is not None else pipe.config.stage_configs["generator"]["guidance_scale"]
+    result = {"prompt": args.prompt, "descriptions": descriptions, "files": [str(f) for f in files],
+              "timings_ms": {key: round(value, 3) for key, value in timings.items()}, "steps": steps,
+              "guidance_scale": guidance, "scheduler": scheduler, "upsample": not args.no_llm,
+              "seed": args.seed}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_generated(result)
+    return 0
+
+
+def _print_generated(result: dict) -> None:
+    """What ``generate`` did, in a few lines: each file with the text it shows, then the settings and stage timings."""
+    source = "the LLM's description" if result["upsample"] else "the prompt, no LLM"
+    for file, text in zip(result["files"], result["descriptions"]):
+        print(f"wrote {file}: {text!r} ({source})")
+    print(f"settings: {result['steps']} {result['scheduler']} steps, guidance {result['guidance_scale']:g}, "
+          f"seed {result['seed']}")
+    ms = result["timings_ms"]
+    stages = ", ".join(f"{key} {value:.1f}" for key, value in ms.items() if key != "total")
+    print(f"timings (ms): {stages}; total {ms['total']:.1f}")
+
+
 def _bench(args: argparse.Namespace) -> int:
     from llmimg.data.stats import measure_throughput
 
@@ -139,13 +282,32 @@ def _bench(args: argparse.Namespace) -> int:
               "data_images_per_s_min": round(data["images_per_s_min"], 1),
               "data_images_per_s_max": round(data["images_per_s_max"], 1),
               "data_threads": data["threads"]}
+    if not args.no_pipeline:
+        from llmimg.profiling import bench_pipeline
+
+        result.update(bench_pipeline(args.profile, n_quality=args.quality_n, repeats=args.repeats,
+                                     progress=not args.no_progress))
     if args.json:
         print(json.dumps(result))
-    else:
-        print(f"ShapesWorld data loading, 1 thread: {result['data_images_per_s']:.0f} images/s median "
-              f"(min {result['data_images_per_s_min']:.0f}, max {result['data_images_per_s_max']:.0f}, "
-              f"{args.repeats} passes of {args.n})")
+        return 0
+    print(f"ShapesWorld data loading, 1 thread: {result['data_images_per_s']:.0f} images/s median "
+          f"(min {result['data_images_per_s_min']:.0f}, max {result['data_images_per_s_max']:.0f}, "
+          f"{args.repeats} passes of {args.n})")
+    if not args.no_pipeline:
+        _print_pipeline_bench(result)
     return 0
+
+
+def _print_pipeline_bench(r: dict) -> None:
+    """The pipeline benchmark in a few lines: latency by stage, throughput, the speed-up and its quality."""
+    print(f"pipeline ({r['profile']}, {r['device']}, {r['threads']} threads), {r['fast_setting']}:")
+    for batch, ms in r["stage_latency_ms"].items():
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in ms.items() if k != "total")
+        print(f"  {batch.replace('_', ' ')}: {ms['total']:.1f} ms median ({stages})")
+    print(f"  {r['images_per_s']:.1f} images/s at batch 32; peak memory {r['peak_rss_mb']:.0f} MiB")
+    print(f"  vs {r['baseline_setting']} on the same {r['quality_prompts']} prompts: {r['speedup_vs_baseline']:.1f}x "
+          f"faster ({r['quality_images_per_s']:.2f} vs {r['baseline_images_per_s']:.3f} images/s); ShapesEval "
+          f"all-correct {r['all_correct']:.3f} vs {r['baseline_all_correct']:.3f}")
 
 
 def _stage(name: str):
@@ -196,8 +358,8 @@ def _eval(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmimg`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    handler = {"reproduce": _reproduce, "data": _preview, "bench": _bench, "train": _train,
-               "eval": _eval}[args.command]
+    handler = {"reproduce": _reproduce, "data": _preview, "generate": _generate, "bench": _bench,
+               "train": _train, "eval": _eval}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -83,7 +83,9 @@ class GeneratorConfig(StageConfig):
     ``snr_gamma`` turns on Min-SNR-γ loss weighting (None = the plain epsilon MSE).
     ``guidance_scale`` is the default of :meth:`ShapesGenerator.generate` for this model.
     The training data are ``n_train`` ShapesWorld ``train`` samples (``max_objects``
-    objects at most) of seed ``data_seed``, rendered once into a bank.
+    objects at most) of seed ``data_seed``, rendered once into a bank; each training
+    text is the sample's full description, or with probability ``prompt_rate`` its
+    short prompt (the caption-upsampling experiment of notebook 06 varies this).
     """
 
     block_out_channels: tuple[int, ...] = (96, 192)
@@ -107,6 +109,7 @@ class GeneratorConfig(StageConfig):
     data_seed: int = 0
     n_train: int = 10_000
     max_objects: int = 2
+    prompt_rate: float = 0.0  # share of training texts that are the short prompt instead of the full description
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=400, batch_size=64, lr=1e-3))
 
     def __post_init__(self) -> None:
@@ -132,6 +135,8 @@ class GeneratorConfig(StageConfig):
             raise ValueError(f"cond_dropout is a probability below 1, got {self.cond_dropout}")
         if self.guidance_scale < 0:
             raise ValueError(f"guidance_scale must be non-negative, got {self.guidance_scale}")
+        if not 0.0 <= self.prompt_rate <= 1.0:
+            raise ValueError(f"prompt_rate is a probability, got {self.prompt_rate}")
         if self.n_train <= 0:
             raise ValueError(f"n_train must be positive, got {self.n_train}")
 
@@ -256,10 +261,11 @@ def make_scheduler(name: str, base_config: Any):
 # -- training -----------------------------------------------------------------------
 @dataclass
 class Bank:
-    """A fixed set of training samples: uint8 images ``(N, 3, 32, 32)`` and their descriptions."""
+    """A fixed set of training samples: uint8 images ``(N, 3, 32, 32)``, their descriptions and prompts."""
 
     images: torch.Tensor
     descriptions: list[str]
+    prompts: list[str]
 
     def __len__(self) -> int:
         return len(self.descriptions)
@@ -270,11 +276,9 @@ def make_bank(config: GeneratorConfig) -> Bank:
     from llmimg.data import ShapesWorld
 
     world = ShapesWorld(seed=config.data_seed, max_objects=config.max_objects)
-    images, descriptions = [], []
-    for s in world.samples(config.n_train, "train"):
-        images.append(s.image)
-        descriptions.append(s.description)
-    return Bank(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), descriptions)
+    samples = list(world.samples(config.n_train, "train"))
+    images = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).contiguous()
+    return Bank(images, [s.description for s in samples], [s.prompt for s in samples])
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
@@ -282,11 +286,13 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def make_batch_fn(config: GeneratorConfig, text_encoder: TextEncoder, bank: Bank, scheduler: Any = None):
+def make_batch_fn(config: GeneratorConfig, text_encoder: TextEncoder | None, bank: Bank):
     """``batch(step)``: a pure function of the step drawing samples, dropped conditions, noise and timesteps.
 
     The text encoder runs here, frozen, under ``no_grad``; the batch holds the clean
-    latents, the noise, the timesteps and the text states with their mask.
+    latents, the noise, the timesteps and the text states with their mask. With
+    ``text_encoder=None`` it holds the ``texts`` instead, for a model that encodes
+    them itself (a text encoder trained along with the UNet).
     """
     n, size = len(bank), config.train.batch_size
 
@@ -295,16 +301,18 @@ def make_batch_fn(config: GeneratorConfig, text_encoder: TextEncoder, bank: Bank
         idx = torch.randint(n, (size,), generator=g)
         latents = to_latents(bank.images[idx].float() / 255.0, config.unshuffle)
         drop = torch.rand(size, generator=g) < config.cond_dropout
-        texts = ["" if d else bank.descriptions[i] for d, i in zip(drop.tolist(), idx.tolist())]
+        noise = torch.randn(latents.shape, generator=g)
+        timesteps = torch.randint(config.num_train_timesteps, (size,), generator=g)
+        # Drawn last, and only when used, so that description-only runs keep their old batches.
+        short = (torch.rand(size, generator=g) < config.prompt_rate).tolist() if config.prompt_rate else [False] * size
+        texts = ["" if d else (bank.prompts[i] if p else bank.descriptions[i])
+                 for d, p, i in zip(drop.tolist(), short, idx.tolist())]
+        out = {"latents": latents, "noise": noise, "timesteps": timesteps}
+        if text_encoder is None:
+            return {**out, "texts": texts}
         with torch.no_grad():
             states, mask = text_encoder.token_states(texts, check=False)
-        return {
-            "latents": latents,
-            "noise": torch.randn(latents.shape, generator=g),
-            "timesteps": torch.randint(config.num_train_timesteps, (size,), generator=g),
-            "states": states.detach().float().cpu(),
-            "mask": mask.detach().cpu(),
-        }
+        return {**out, "states": states.detach().float().cpu(), "mask": mask.detach().cpu()}
 
     return batch
 
@@ -423,7 +431,7 @@ class ShapesGenerator:
         return path
 
     # -- denoising --------------------------------------------------------------------
-    def _states(self, descriptions: list[str], check: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def text_states(self, descriptions: list[str], check: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Text states of ``descriptions``; ``""`` is the unconditional text and skips the prompt check."""
         full = [d for d in descriptions if d != ""]
         with torch.no_grad():
@@ -466,14 +474,19 @@ class ShapesGenerator:
         return [torch.Generator().manual_seed(_image_seed(seed, k)) for k in range(n)]
 
     @torch.no_grad()
-    def _denoise(self, states: torch.Tensor, mask: torch.Tensor, uncond: tuple[torch.Tensor, torch.Tensor],
-                 steps: int, guidance_scale: float, scheduler_name: str,
-                 generator: list[torch.Generator] | torch.Generator, record: set[int] | None = None,
-                 progress: bool = False) -> tuple[torch.Tensor, list[tuple[int, float, torch.Tensor, torch.Tensor]]]:
+    def denoise(self, states: torch.Tensor, mask: torch.Tensor, uncond: tuple[torch.Tensor, torch.Tensor],
+                 steps: int, guidance_scale: float, sched: Any,
+                 generator: list[torch.Generator] | torch.Generator | None, record: set[int] | None = None,
+                 progress: bool = False, on_step: Callable[[int, Any, torch.Tensor], torch.Tensor] | None = None,
+                 ) -> tuple[torch.Tensor, list[tuple[int, float, torch.Tensor, torch.Tensor]]]:
+        """The sampling loop with the scheduler instance ``sched``; returns the final latents and snapshots.
+
+        ``on_step(i, t, latents)`` runs after each scheduler step and returns the
+        latents to go on with (what diffusers' ``callback_on_step_end`` does).
+        """
         from diffusers.utils.torch_utils import randn_tensor
         from tqdm.auto import tqdm
 
-        sched = make_scheduler(scheduler_name, self.scheduler.config)
         sched.set_timesteps(steps, device=self.device)
         b = states.shape[0]
         shape = (b, self.config.latent_channels, self.config.latent_size, self.config.latent_size)
@@ -489,6 +502,8 @@ class ShapesGenerator:
                 x0 = self._x0(x_in, eps, a)
                 snapshots.append((i, float(t), x_in.cpu(), x0.cpu()))
             latents = sched.step(eps, t, latents, generator=generator).prev_sample
+            if on_step is not None:
+                latents = on_step(i, t, latents)
         return latents, snapshots
 
     def _guided_noise(self, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
@@ -522,15 +537,15 @@ class ShapesGenerator:
              check: bool, record: set[int] | None):
         g_scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
         descriptions = self._validate(descriptions, num_inference_steps, g_scale, scheduler, batch_size)
-        states, mask = self._states(descriptions, check)
-        uncond = tuple(x[:1] for x in self._states([""], check=False))
+        states, mask = self.text_states(descriptions, check)
+        uncond = tuple(x[:1] for x in self.text_states([""], check=False))
         gens = self._noise_generators(len(descriptions), seed, generator)
         outs, snaps = [], []
         for start in range(0, len(descriptions), batch_size):
             sl = slice(start, start + batch_size)
             g = gens[sl] if isinstance(gens, list) else gens
-            latents, s = self._denoise(states[sl], mask[sl], uncond, num_inference_steps, g_scale, scheduler, g,
-                                       record, progress)
+            latents, s = self.denoise(states[sl], mask[sl], uncond, num_inference_steps, g_scale,
+                                       make_scheduler(scheduler, self.scheduler.config), g, record, progress)
             outs.append(to_images(latents.float().cpu(), self.config.unshuffle))
             snaps.append(s)
         return torch.cat(outs), snaps
@@ -572,7 +587,7 @@ class ShapesGenerator:
     def predict_noise(self, latents: torch.Tensor, timesteps: torch.Tensor | int, descriptions: Sequence[str],
                       check: bool = True) -> torch.Tensor:
         """The UNet's noise prediction for ``latents`` (in the generator's space) at ``timesteps``, given descriptions."""
-        states, mask = self._states(list(descriptions), check)
+        states, mask = self.text_states(list(descriptions), check)
         with torch.no_grad():
             return unet_output(self.unet, latents.to(self.device), timesteps, states, mask)
 
@@ -608,7 +623,10 @@ def load(path: str | Path, text_encoder: TextEncoder, device: str | torch.device
 def cache_config(config: GeneratorConfig, text_encoder: TextEncoder) -> dict[str, Any]:
     """The cache key's configuration: the generator's config plus the text encoder's folder name."""
     path = getattr(text_encoder, "path", None)
-    return {**config.as_dict(), "text_encoder": Path(path).name if path is not None else None}
+    key = config.as_dict()
+    if not key["prompt_rate"]:
+        del key["prompt_rate"]  # keeps the keys of generators trained before the field existed
+    return {**key, "text_encoder": Path(path).name if path is not None else None}
 
 
 def get(profile: str | Profile | None = None, *, force: bool = False, progress: bool = True,

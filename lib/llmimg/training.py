@@ -150,14 +150,17 @@ class TrainResult:
 def fit(model: nn.Module, batch: Callable[[int], dict[str, Any]],
         loss: Callable[[nn.Module, dict[str, Any]], torch.Tensor], config: TrainConfig, *,
         work_dir: str | Path | None = None, desc: str = "training", device: str | torch.device | None = None,
-        progress: bool = True, meta: dict | None = None) -> TrainResult:
+        progress: bool = True, meta: dict | None = None,
+        on_step: Callable[[int, nn.Module], None] | None = None) -> TrainResult:
     """Train ``model`` for ``config.steps`` optimiser steps and return it with its history.
 
     ``batch(i)`` returns the ``i``-th batch as a dict of CPU tensors (and anything
     else ``loss`` needs); with several processes, process ``p`` of ``n`` takes batches
     ``i * n + p``. ``loss(model, batch)`` returns a scalar tensor. ``meta`` (e.g. the
     stage's configuration) is stored with checkpoints; a checkpoint whose ``meta``
-    differs is not resumed. Without ``work_dir`` nothing is written.
+    differs is not resumed. Without ``work_dir`` nothing is written. ``on_step(n, model)``
+    runs after optimiser step ``n`` (1-based) on the main process, e.g. to evaluate the
+    model along the way (it should leave the model in training mode).
     """
     from tqdm.auto import tqdm
 
@@ -212,6 +215,8 @@ def fit(model: nn.Module, batch: Callable[[int], dict[str, Any]],
                 bar.set_postfix(loss=f"{mean:.4f}")
                 running = []
             bar.update(1)
+            if on_step is not None and accelerator.is_main_process:
+                on_step(step + 1, accelerator.unwrap_model(model))
             if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
                 checkpoint(step + 1)
     except KeyboardInterrupt:

@@ -1,0 +1,304 @@
+"""``ShapesPipeline`` on the smoke models: batching, timings, seeding, saving and loading, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmimg.checkpoints import CheckpointError
+from llmimg.data.world import COLOUR_NAMES, POSITIONS, SHAPES, SIZES
+from llmimg.generator import SCHEDULERS
+from llmimg.pipeline import DEFAULT_SCHEDULER, STAGES, ShapesPipeline
+from llmimg.text import EmptyPromptError, PromptError, PromptTooLongError, UnknownWordsError
+
+STEPS = 2  # enough to run every scheduler's multistep code; each call takes milliseconds at smoke
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def draw(pipe: ShapesPipeline, prompt: str | list[str] = "a red circle", seed: int = 0, **kwargs):
+    """One call at STEPS steps, images as a float array, seeded unless a generator is given."""
+    kwargs.setdefault("generator", seeded(seed))
+    return pipe(prompt, num_inference_steps=STEPS, output_type="np", **kwargs)
+
+
+@pytest.fixture
+def pipe(smoke_pipeline):
+    """The session's pipeline, its sampler set back afterwards (some tests swap it)."""
+    yield smoke_pipeline
+    smoke_pipeline.use_scheduler(DEFAULT_SCHEDULER)
+
+
+@pytest.fixture(scope="module")
+def saved(smoke_pipeline, tmp_path_factory):
+    """The smoke pipeline saved once with ``save_pretrained``; tests that damage it work on a copy."""
+    path = tmp_path_factory.mktemp("pipelines") / "smoke-pipeline"
+    smoke_pipeline.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def saved_copy(saved, tmp_path):
+    import shutil
+
+    return shutil.copytree(saved, tmp_path / "copy")
+
+
+# -- calls ------------------------------------------------------------------------------
+def test_one_prompt_gives_one_image_and_description(pipe):
+    out = pipe("a red circle", num_inference_steps=STEPS, generator=seeded(0))
+    assert len(out.images) == 1 and out.images[0].size == (32, 32) and out.images[0].mode == "RGB"
+    assert len(out.descriptions) == 1 and isinstance(out.descriptions[0], str) and out.descriptions[0]
+
+
+def test_a_list_of_prompts_is_one_batch(pipe):
+    prompts = ["a red circle", "a blue square", "a large green triangle in the top left"]
+    out = draw(pipe, prompts)
+    assert out.images.shape == (3, 32, 32, 3) and len(out.descriptions) == 3
+
+
+def test_timings_cover_every_stage_and_add_up(pipe):
+    timings = draw(pipe, ["a red circle", "a blue square"]).timings
+    assert set(timings) == {*STAGES, "total"}
+    assert all(value >= 0 for value in timings.values())
+    assert timings["total"] == pytest.approx(sum(timings[s] for s in STAGES))
+    assert timings["denoise"] > 0 and timings["llm_generate"] > 0
+
+
+def test_without_the_llm_the_prompts_are_drawn_as_typed(pipe):
+    out = draw(pipe, ["a red circle", "  a blue square. "], upsample=False)
+    assert out.descriptions == ["a red circle", "a blue square"]  # checked prompts: stripped, full stop dropped
+    assert out.timings["llm_generate"] == 0
+
+
+def test_same_seed_same_images_and_descriptions(pipe):
+    a, b = draw(pipe, ["a red circle", "a blue square"], seed=3), draw(pipe, ["a red circle", "a blue square"], seed=3)
+    assert np.array_equal(a.images, b.images) and a.descriptions == b.descriptions
+    c = draw(pipe, ["a red circle", "a blue square"], seed=4)
+    assert not np.array_equal(a.images, c.images)
+
+
+def test_one_generator_per_prompt(pipe):
+    prompts = ["a red circle", "a blue square"]
+    a = draw(pipe, prompts, generator=[seeded(1), seeded(2)], upsample=False)
+    b = draw(pipe, prompts, generator=[seeded(1), seeded(2)], upsample=False)
+    swapped = draw(pipe, prompts, generator=[seeded(2), seeded(1)], upsample=False)
+    assert np.array_equal(a.images, b.images) and not np.array_equal(a.images, swapped.images)
+    # Alone or in a batch, a prompt with the same generator starts from the same noise.
+    alone = draw(pipe, prompts[1:], generator=[seeded(2)], upsample=False)
+    np.testing.assert_allclose(alone.images[0], a.images[1], atol=1e-4)
+    with pytest.raises(ValueError, match="got 1 generators for 2 prompts"):
+        draw(pipe, prompts, generator=[seeded(1)])
+
+
+def test_callback_on_step_end_runs_once_per_step_and_can_change_the_latents(pipe):
+    calls = []
+
+    def callback(p, i, t, kwargs):
+        calls.append(i)
+        assert p is pipe and set(kwargs) == {"latents"}
+        return {"latents": torch.zeros_like(kwargs["latents"])} if i == 2 else kwargs
+
+    out = pipe("a red circle", num_inference_steps=3, generator=seeded(0), output_type="np",
+               callback_on_step_end=callback)
+    assert calls == [0, 1, 2]
+    assert np.allclose(out.images, 0.5)  # zero latents are mid-grey: the returned latents were used
+
+
+@pytest.mark.parametrize("output_type, kind, shape", [("np", np.ndarray, (2, 32, 32, 3)),
+                                                      ("pt", torch.Tensor, (2, 3, 32, 32))])
+def test_array_outputs(pipe, output_type, kind, shape):
+    images = pipe(["a red circle", "a blue square"], num_inference_steps=STEPS, generator=seeded(0),
+                  output_type=output_type).images
+    assert isinstance(images, kind) and tuple(images.shape) == shape
+    assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+
+
+def test_pil_output_matches_the_array(pipe):
+    pil = pipe("a red circle", num_inference_steps=STEPS, generator=seeded(0), output_type="pil").images
+    arr = draw(pipe, "a red circle").images
+    assert len(pil) == 1 and np.array_equal(np.asarray(pil[0]), (arr[0] * 255).round().astype(np.uint8))
+
+
+def test_return_dict_false_gives_a_tuple(pipe):
+    images, descriptions, timings = pipe("a red circle", num_inference_steps=STEPS, generator=seeded(0),
+                                         return_dict=False)
+    assert len(images) == len(descriptions) == 1 and "total" in timings
+
+
+# -- schedulers ---------------------------------------------------------------------------
+def test_scheduler_swaps_with_from_config(pipe):
+    from diffusers import DDIMScheduler
+
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    assert draw(pipe).images.shape == (1, 32, 32, 3)
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_every_named_scheduler_draws(pipe, name):
+    assert pipe.use_scheduler(name) is pipe
+    assert type(pipe.scheduler).__name__ == SCHEDULERS[name]
+    images = draw(pipe, upsample=False).images
+    assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()
+
+
+def test_unknown_scheduler_names_the_choices(pipe):
+    with pytest.raises(ValueError, match="unknown scheduler 'nope'") as err:
+        pipe.use_scheduler("nope")
+    assert all(name in str(err.value) for name in SCHEDULERS)
+
+
+# -- saving and loading -----------------------------------------------------------------
+def test_saved_pipeline_draws_the_same_images(pipe, saved):
+    loaded = ShapesPipeline.from_pretrained(saved)
+    prompts = ["a red circle", "a small blue square in the center"]
+    a, b = draw(pipe, prompts, seed=7), draw(loaded, prompts, seed=7)
+    assert a.descriptions == b.descriptions and np.array_equal(a.images, b.images)
+    assert type(loaded.scheduler) is type(pipe.scheduler)
+
+
+def test_model_index_names_the_llmimg_classes(saved):
+    index = json.loads((saved / "model_index.json").read_text())
+    assert index["_class_name"] == "ShapesPipeline"
+    assert index["clip"] == ["llmimg.pipeline", "ClipModel"]
+    assert index["prefix_mapper"] == ["llmimg.llm", "PrefixMapper"]
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
+    assert set(index["stage_configs"]) == {"clip", "llm", "generator"}
+
+
+def test_saved_components_load_with_their_own_libraries(pipe, saved):
+    from diffusers import UNet2DConditionModel
+    from transformers import AutoModelForCausalLM
+
+    unet = UNet2DConditionModel.from_pretrained(saved / "unet")
+    llm = AutoModelForCausalLM.from_pretrained(saved / "llm")
+    for loaded, original in ((unet, pipe.unet), (llm, pipe.llm)):
+        ours = original.state_dict()
+        assert all(torch.equal(value, ours[key]) for key, value in loaded.state_dict().items())
+
+
+def test_missing_pipeline_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="'nowhere' does not exist"):
+        ShapesPipeline.from_pretrained(tmp_path / "nowhere")
+
+
+def test_truncated_weights_are_a_checkpoint_error(saved_copy):
+    weights = saved_copy / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="'copy' is damaged") as err:
+        ShapesPipeline.from_pretrained(saved_copy)
+    assert "save_pretrained" in str(err.value)  # it says how to fix it
+
+
+def test_folder_without_model_index_is_a_checkpoint_error(saved_copy):
+    (saved_copy / "model_index.json").unlink()
+    with pytest.raises(CheckpointError, match="has no model_index.json"):
+        ShapesPipeline.from_pretrained(saved_copy)
+
+
+def test_failed_save_leaves_nothing_half_written(pipe, saved, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    target = tmp_path / "new"
+    monkeypatch.setattr(pipe.unet, "save_pretrained", fail)
+    with pytest.raises(OSError, match="disk full"):
+        pipe.save_pretrained(target)
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary twin
+    # Saving over an existing pipeline that fails keeps the old one whole.
+    before = sorted(p.relative_to(saved) for p in saved.rglob("*"))
+    with pytest.raises(OSError, match="disk full"):
+        pipe.save_pretrained(saved)
+    assert sorted(p.relative_to(saved) for p in saved.rglob("*")) == before
+    assert sorted(p.name for p in saved.parent.iterdir()) == [saved.name]
+
+
+# -- bad input ----------------------------------------------------------------------------
+@pytest.mark.parametrize("prompt, error, message", [
+    ("", EmptyPromptError, "the prompt is empty"),
+    ("   \t\n", EmptyPromptError, "the prompt is empty"),
+    (".", EmptyPromptError, "the prompt is empty"),
+    ("a red circel zzz", UnknownWordsError, "unknown words 'circel', 'zzz'"),
+    ("un cercle rouge é", UnknownWordsError, "'é'"),
+    (" ".join(["red"] * 40), PromptTooLongError, "42 tokens"),
+    (["a red circle", "a blue sqare"], UnknownWordsError, "unknown word 'sqare'"),
+])
+def test_bad_prompts_raise_prompt_errors(pipe, prompt, error, message):
+    with pytest.raises(error, match=message):
+        draw(pipe, prompt)
+
+
+def test_unknown_words_list_the_vocabulary(pipe):
+    with pytest.raises(UnknownWordsError) as err:
+        draw(pipe, "a red circel")
+    assert err.value.words == ["circel"] and "circle" in str(err.value)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_inference_steps": 0}, "num_inference_steps must be a positive whole number, got 0"),
+    ({"num_inference_steps": -1}, "num_inference_steps must be a positive whole number, got -1"),
+    ({"num_inference_steps": 2.5}, "num_inference_steps must be a positive whole number"),
+    ({"num_inference_steps": 1001}, "at most the 1000 training timesteps"),
+    ({"guidance_scale": -1.0}, "guidance_scale must be a non-negative number"),
+    ({"guidance_scale": math.nan}, "guidance_scale must be a non-negative number"),
+    ({"guidance_scale": math.inf}, "guidance_scale must be a non-negative number"),
+    ({"output_type": "latent"}, "output_type must be 'pil', 'np' or 'pt'"),
+])
+def test_bad_settings_raise_value_errors(pipe, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pipe("a red circle", **{"num_inference_steps": STEPS, **kwargs})
+
+
+def test_no_prompts(pipe):
+    with pytest.raises(ValueError, match="no prompts given"):
+        draw(pipe, [])
+
+
+def test_a_prompt_at_the_context_limit_works(pipe):
+    prompt = " ".join(["red"] * 30)  # 30 words + <bos> + <eos> = the 32-token context
+    assert draw(pipe, prompt, upsample=False).descriptions == [prompt]
+
+
+# -- random text ----------------------------------------------------------------------------
+WORDS = sorted({"a", "an", "and", "in", "the", *SHAPES, *COLOUR_NAMES, *SIZES,
+                *(w for p in POSITIONS for w in p.split())})
+NEAR_MISSES = ["circel", "Red", "RED", "squares", "é", "<unk>", "<pad>", "<eos>", ".", ",", "!", "🙂", "ｒｅｄ"]
+SPACES = st.sampled_from([" ", "  ", "\t", "\n", "\u00a0", "\u2003", "\u3000", "\x1c", ""])
+vocabulary_text = st.lists(st.tuples(st.sampled_from(WORDS + NEAR_MISSES), SPACES), max_size=40).map(
+    lambda pairs: "".join(w + s for w, s in pairs))
+any_text = st.one_of(st.text(), st.text(alphabet=st.characters(categories=["Zs", "Cc", "Mn", "So"])),
+                     vocabulary_text, st.lists(st.sampled_from(WORDS), min_size=1, max_size=40).map(" ".join))
+
+
+@settings(max_examples=50, deadline=None)
+@given(text=any_text)
+def test_any_text_is_accepted_or_refused_with_a_prompt_error(smoke_pipeline, text):
+    from llmimg.text import CONTEXT_LENGTH, UNK_ID
+
+    try:
+        (checked,) = smoke_pipeline.check_inputs(text, 1, 1.0)
+    except PromptError as err:
+        assert str(err) and "\n" not in str(err)  # a one-line message a CLI can print
+        return
+    # Accepted: it has words, all of them known, and it fits the context.
+    ids = smoke_pipeline.tokenizer(checked)["input_ids"]
+    assert checked and 2 < len(ids) <= CONTEXT_LENGTH and UNK_ID not in ids
+
+
+@settings(max_examples=5, deadline=None)
+@given(text=vocabulary_text)
+def test_vocabulary_text_draws_or_raises_a_prompt_error(smoke_pipeline, text):
+    try:
+        out = smoke_pipeline(text, num_inference_steps=1, generator=seeded(0), output_type="np")
+    except PromptError:
+        return
+    assert out.images.shape == (1, 32, 32, 3) and len(out.descriptions) == 1
