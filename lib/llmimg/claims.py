@@ -33,7 +33,7 @@ from llmimg.config import Profile, get_profile
 from llmimg.data import ShapesWorld
 from llmimg.evaluation import clip_score, cmmd, shapes_eval
 from llmimg.text import check_prompt, encode
-from llmimg.training import TrainConfig, fit
+from llmimg.training import fit
 
 # What each generator of the caption-upsampling experiment was trained on: the share of short prompts.
 TRAINING_TEXTS: dict[str, float] = {"prompts": 1.0, "descriptions": 0.0, "mix": 0.2}

@@ -29,6 +29,7 @@ scheduler) and ``generator.json`` (the :class:`GeneratorConfig` and training his
 from __future__ import annotations
 
 import json
+import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -258,6 +259,20 @@ def make_scheduler(name: str, base_config: Any):
     return getattr(diffusers, SCHEDULERS[name]).from_config(base_config)
 
 
+def check_sampling(num_inference_steps: Any, guidance_scale: Any, num_train_timesteps: int) -> None:
+    """Refuse, with a ValueError saying why, step counts and guidance scales no sampler can use."""
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) \
+            or num_inference_steps <= 0:
+        raise ValueError(f"num_inference_steps must be a positive whole number, got {num_inference_steps!r}")
+    if num_inference_steps > num_train_timesteps:
+        raise ValueError(f"num_inference_steps can be at most the {num_train_timesteps} training timesteps, "
+                         f"got {num_inference_steps}")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real) \
+            or not np.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be a non-negative number (1 or less: no guidance), "
+                         f"got {guidance_scale!r}")
+
+
 # -- training -----------------------------------------------------------------------
 @dataclass
 class Bank:
@@ -453,15 +468,7 @@ class ShapesGenerator:
             raise ValueError("no descriptions given: pass a list with at least one description")
         if not all(isinstance(d, str) for d in descriptions):
             raise TypeError("every description must be a string")
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) \
-                or num_inference_steps <= 0:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-        if num_inference_steps > self.config.num_train_timesteps:
-            raise ValueError(f"num_inference_steps can be at most the {self.config.num_train_timesteps} training "
-                             f"timesteps, got {num_inference_steps}")
-        if not np.isfinite(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a non-negative number (1 or less: no guidance), "
-                             f"got {guidance_scale!r}")
+        check_sampling(num_inference_steps, guidance_scale, self.config.num_train_timesteps)
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
         if batch_size <= 0:

@@ -18,14 +18,12 @@ The denoising loop and the LLM's decoding are the ones of :mod:`llmimg.generator
 
 from __future__ import annotations
 
-import numbers
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 from diffusers import DiffusionPipeline, ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -191,17 +189,7 @@ class ShapesPipeline(DiffusionPipeline):
             raise ValueError("no prompts given: pass a prompt or a list with at least one prompt")
         if not all(isinstance(p, str) for p in prompts):
             raise TypeError("every prompt must be a string")
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) \
-                or num_inference_steps <= 0:
-            raise ValueError(f"num_inference_steps must be a positive whole number, got {num_inference_steps!r}")
-        limit = self.scheduler.config.num_train_timesteps
-        if num_inference_steps > limit:
-            raise ValueError(f"num_inference_steps can be at most the {limit} training timesteps, "
-                             f"got {num_inference_steps}")
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real) \
-                or not np.isfinite(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a non-negative number (1 or less: no guidance), "
-                             f"got {guidance_scale!r}")
+        gen_stage.check_sampling(num_inference_steps, guidance_scale, self.scheduler.config.num_train_timesteps)
         return [check_prompt(self.tokenizer, p) for p in prompts]
 
     @torch.no_grad()
