@@ -16,8 +16,11 @@ def test_text_variants_differ_only_in_the_prompt_rate():
     for kind, rate in C.TRAINING_TEXTS.items():
         variant = C.text_variant(kind, "smoke")
         assert variant.prompt_rate == rate
-        assert {**variant.as_dict(), "prompt_rate": 0.0} == {**base.as_dict(), "prompt_rate": 0.0}
-    with pytest.raises(ValueError, match="prompts, descriptions, mix"):
+        # only the description generator (the pipeline's own) records a learning curve
+        same = {"prompt_rate": 0.0, "curve_every": 0}
+        assert {**variant.as_dict(), **same} == {**base.as_dict(), **same}
+        assert variant.curve_every == (base.curve_every if kind == "descriptions" else 0)
+    with pytest.raises(ValueError, match="prompts, descriptions"):
         C.text_variant("captions", "smoke")
     with pytest.raises(ValueError, match="probability"):
         G.GeneratorConfig(prompt_rate=1.5)
@@ -53,7 +56,7 @@ def test_upsampling_experiment_table(smoke_llm, variants):
     samples = C.eval_samples(6)
     assert all(s.split == "heldout" for s in samples)
     table = C.upsampling_experiment(smoke_llm, variants, samples, num_inference_steps=2)
-    assert len(table) == 6
+    assert len(table) == 2 * len(C.TRAINING_TEXTS)
     assert set(table["trained on"]) == set(C.TRAINING_TEXTS)
     assert set(table["drawn from"]) == {"raw prompt", "LLM description"}
     for column in ("all_correct", *C.ATTRIBUTES, "count"):
@@ -113,3 +116,12 @@ def test_transfer_curve_is_cached(smoke_llm, smoke_cache):
     assert len(folders) == 1
     assert C.transfer_curve("from scratch", "smoke", progress=False, n_eval=4) == first
     assert sorted(p.name for p in (smoke_cache / "smoke").glob("transfer-*")) == folders
+
+
+def test_compare_calls_noise_noise():
+    # 0.60 vs 0.50 on 200 trials each: se = sqrt(.24/200 + .25/200) = 0.0495, a difference of 2.02 se
+    sentence = C.compare("A", 0.60, "B", 0.50, 200)
+    assert "+10.0 points" in sentence and "standard error 4.9" in sentence and "a real difference (2.0" in sentence
+    assert "within the noise (1.0 standard errors)" in C.compare("A", 0.55, "B", 0.50, 200)
+    assert "no difference" in C.compare("A", 1.0, "B", 1.0, 50)
+    assert "-5.0 points" in C.compare("A", 0.45, "B", 0.50, 100, 400)

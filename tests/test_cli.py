@@ -113,9 +113,27 @@ def test_eval_llm_trains_what_it_needs(tmp_path):
                     env=cache_env(tmp_path))
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    for key in ("valid_rate", "faithfulness", "caption_accuracy"):
-        assert 0.0 <= data[key] <= 1.0
+    for key in ("valid_rate", "faithfulness", "caption_accuracy", "faithfulness_one_object",
+                "faithfulness_two_objects", "heldout_caption_accuracy", "model_faithfulness_two_objects"):
+        rate = data[key]
+        n = {"faithfulness_one_object": data["n_one_object"],
+             "faithfulness_two_objects": data["n_two_objects"]}.get(key, data["n"])
+        assert 0.0 <= rate <= 1.0 and data[f"{key}_se"] == pytest.approx((rate * (1 - rate) / n) ** 0.5)
+    assert data["n_one_object"] + data["n_two_objects"] == data["n"] == 20
+    assert 1.0 <= data["upsample_draws"] <= 16 and data["faithfulness"] >= data["model_faithfulness"]
     assert sorted(p.name.split("-")[0] for p in stage_folders(tmp_path)) == ["clip", "llm"]
+    # the pipeline reuses both stages and trains only the generator
+    result = llmimg("eval", "pipeline", "--profile", "smoke", "--n", "6", "--json", "--no-progress",
+                    env=cache_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    for key in ("all_correct_raw", "all_correct_upsampled", "heldout_all_correct_raw",
+                "heldout_all_correct_upsampled"):
+        rate = data[key]
+        assert rate in {k / 6 for k in range(7)}  # a share of the 6 images
+        assert data[f"{key}_se"] == pytest.approx((rate * (1 - rate) / 6) ** 0.5)
+    assert data["n"] == 6 and data["stage"] == "pipeline"
+    assert sorted(p.name.split("-")[0] for p in stage_folders(tmp_path)) == ["clip", "generator", "llm"]
 
 
 def test_damaged_cache_is_a_one_line_error(tmp_path):
@@ -139,3 +157,22 @@ def test_eval_generator_prints_the_documented_keys(tmp_path):
     for key in ("all_correct", "count_accuracy", "clip_score", "cmmd", "frechet_distance"):
         assert isinstance(data[key], float)
     assert set(data["per_attribute"]) == {"shape", "colour", "size", "position"}
+    for key in ("all_correct", "count_accuracy", "two_object_all_correct", "two_object_count_accuracy"):
+        rate = data[key]
+        assert rate in {k / 8 for k in range(9)}  # a share of the 8 images
+        assert data[f"{key}_se"] == pytest.approx((rate * (1 - rate) / 8) ** 0.5)
+    assert set(data["per_attribute_se"]) == set(data["per_attribute"])
+
+
+def test_experiment_records_generator_recipes(tmp_path):
+    env = {**cache_env(tmp_path / "cache"), "LLMIMG_EXPERIMENTS_DIR": str(tmp_path / "experiments")}
+    result = llmimg("experiment", "generator-recipes", "--profile", "smoke", "--only", "default",
+                    "learning rate 2e-3", "--steps", "4", "--no-progress", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "default: 4 steps" in result.stdout and "learning rate 2e-3: 4 steps" in result.stdout
+    record = json.loads((tmp_path / "experiments" / "generator-recipes-smoke.json").read_text())
+    assert set(record["recipes"]) == {"default", "learning rate 2e-3"}
+    assert [p["step"] for p in record["recipes"]["default"]["curve"]] == [1, 2, 3, 4]
+    assert record["recipes"]["learning rate 2e-3"]["changes"] == {"train.lr": 2e-3}
+    bad = llmimg("experiment", "generator-recipes", "--profile", "smoke", "--only", "bigger", env=env)
+    assert bad.returncode == 1 and "unknown recipe 'bigger'" in bad.stderr

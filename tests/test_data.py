@@ -28,6 +28,7 @@ from llmimg.data import (
     object_centre,
     parse_description,
     parse_prompt,
+    faithful,
     prompt_matches,
     render,
     render_masks,
@@ -279,3 +280,12 @@ def test_dataset_items_and_batches():
     assert ds[-1]["index"] == 63
     with pytest.raises(IndexError):
         ds[64]
+
+
+def test_faithful_checks_parsing_and_the_stated_attributes():
+    prompt = "a red circle and a square in the top left"
+    assert faithful(prompt, "a large white square in the top left and a small red circle in the center")
+    assert not faithful(prompt, "a large red square in the top left and a small blue circle in the center")  # colour moved
+    assert not faithful(prompt, "a large red circle in the top left and a small blue square in the center")  # swapped
+    assert not faithful(prompt, "a large red circle in the center")  # an object missing
+    assert not faithful(prompt, "a large red circle in the center and a")  # does not parse

@@ -356,3 +356,19 @@ def test_distances_validate_their_input() -> None:
         cmmd(np.zeros((3, 3)), ok)
     with pytest.raises(ValueError, match="sigma"):
         cmmd(ok, ok, sigma=0.0)
+
+
+def test_standard_error_of_a_rate():
+    from llmimg.evaluation import standard_error
+
+    assert standard_error(0.5, 100) == pytest.approx(0.05)
+    assert standard_error(0.9, 400) == pytest.approx(0.015)
+    assert standard_error(0.0, 10) == standard_error(1.0, 10) == 0.0
+    # against the spread of simulated rates
+    rng = np.random.default_rng(0)
+    rates = rng.binomial(200, 0.3, size=20_000) / 200
+    assert rates.std() == pytest.approx(standard_error(0.3, 200), rel=0.03)
+    with pytest.raises(ValueError, match="n must be positive"):
+        standard_error(0.5, 0)
+    with pytest.raises(ValueError, match="rate lies in"):
+        standard_error(1.5, 10)

@@ -102,7 +102,8 @@ def test_model_probability(smoke_llm):
     enc = encode(smoke_llm.tokenizer, [description], check=False)
     with torch.no_grad():
         z = smoke_llm.clip.encode_text([prompt])
-        loss = smoke_llm.lm(z, torch.zeros(1, dtype=torch.long), enc["input_ids"], enc["attention_mask"])
+        loss = smoke_llm.lm(z, torch.zeros(1, dtype=torch.long), enc["input_ids"], enc["attention_mask"],
+                            smoke_llm.context(prompts=[prompt]))
     n_predicted = int(enc["attention_mask"].sum()) - 1  # the words and <eos>; <bos> is given
     assert n_predicted == 8
     right = math.exp(-n_predicted * loss.item())

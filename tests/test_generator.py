@@ -135,6 +135,35 @@ def test_batches_are_a_pure_function_of_the_step(text_encoder):
     assert bank.images.dtype == torch.uint8 and bank.images.shape == (64, 3, 32, 32)
 
 
+@pytest.mark.parametrize("prompt_rate", [0.0, 0.5])
+def test_precomputed_text_states_are_the_encoders_own(text_encoder, prompt_rate):
+    """The lookup table gives each row the states the encoder gives its text, cut to the batch's longest."""
+    config = tiny_config(cond_dropout=0.3, prompt_rate=prompt_rate)
+    bank = G.make_bank(config)
+    with_table = G.make_batch_fn(config, text_encoder, bank)
+    calls = text_encoder.calls
+    texts = G.make_batch_fn(config, None, bank)
+    for step in range(5):
+        b = with_table(step)
+        states, mask = text_encoder.token_states(texts(step)["texts"])
+        length = int(mask.sum(1).max())
+        assert b["states"].shape[1] == length < mask.shape[1]
+        torch.testing.assert_close(b["states"], states[:, :length])
+        torch.testing.assert_close(b["mask"], mask[:, :length])
+    assert text_encoder.calls == calls + 5  # only the direct encodings above: batches never call the encoder
+
+
+def test_learning_curve_is_recorded(text_encoder, tmp_path):
+    config = tiny_config(curve_every=10, curve_n=4, train=replace(tiny_config().train, steps=20))
+    outcome = G.train(config, text_encoder, tmp_path / "model", progress=False, device="cpu")
+    assert [p["step"] for p in outcome.curve] == [10, 20]
+    point = outcome.curve[-1]
+    assert point["n"] == 4 and 0.0 <= point["all_correct"] <= point["count_accuracy"] <= 1.0
+    assert 0 < outcome.curve[0]["train_seconds"] < point["train_seconds"] < outcome.seconds
+    saved = json.loads((tmp_path / "model" / G.CONFIG_FILE).read_text())
+    assert saved["curve"] == outcome.curve
+
+
 def test_training_loss_falls(trained):
     _, outcome = trained
     losses = [h["loss"] for h in outcome.history]

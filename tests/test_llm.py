@@ -20,18 +20,49 @@ def test_loss_counts_only_description_tokens(smoke_llm):
     z = torch.nn.functional.normalize(torch.randn(2, smoke_llm.clip.embed_dim), dim=-1)
     enc = encode(smoke_llm.tokenizer, ["a large red circle in the top left", "a small blue cross in the center"],
                  check=False)
-    task = torch.tensor([0, 1])
+    task = torch.tensor([0, 0])
+    context = smoke_llm.context(prompts=["a red circle", "a small blue cross and a square"])
     with torch.no_grad():
-        loss = lm(z, task, enc["input_ids"], enc["attention_mask"])
-        # independent computation: cross-entropy of tokens 1.. from the positions before them
-        embeds = lm.prefix_embeds(z, task)
-        rest = lm.gpt2.get_input_embeddings()(enc["input_ids"][:, 1:])
-        logits = lm.gpt2(inputs_embeds=torch.cat([embeds, rest], 1)).logits
-        p = embeds.shape[1]
-        targets = enc["input_ids"][:, 1:]
-        ce = torch.nn.functional.cross_entropy(logits[:, p - 1:-1].transpose(1, 2), targets, reduction="none")
-        mask = enc["attention_mask"][:, 1:].bool()
-        assert loss.item() == pytest.approx(ce[mask].mean().item(), rel=1e-5)
+        loss = lm(z, task, enc["input_ids"], enc["attention_mask"], context)
+        # independent computation, one row at a time with the prompt's padding cut off: the
+        # cross-entropy of tokens 1.. from the positions before them
+        terms = []
+        for row in range(2):
+            real = context.prompt_ids[row][context.prompt_ids[row] != 0][None]
+            embeds = torch.cat([lm.mapper(z[row:row + 1], task[row:row + 1]),
+                                lm.gpt2.get_input_embeddings()(real),
+                                lm.gpt2.get_input_embeddings()(enc["input_ids"][row:row + 1])], 1)
+            logits = lm.gpt2(inputs_embeds=embeds).logits
+            p = embeds.shape[1] - enc["input_ids"].shape[1] + 1  # everything up to and including <bos>
+            targets = enc["input_ids"][row, 1:]
+            ce = torch.nn.functional.cross_entropy(logits[0, p - 1:-1], targets, reduction="none")
+            terms.append(ce[enc["attention_mask"][row, 1:].bool()])
+        assert loss.item() == pytest.approx(torch.cat(terms).mean().item(), rel=1e-5)
+
+
+def test_padding_inside_the_context_changes_nothing(smoke_llm):
+    """A prompt read in a batch beside a longer one is read as if it were alone."""
+    prompts = ["a circle", "a large red circle in the top left and a small blue cross in the center"]
+    z = smoke_llm.clip.encode_text(prompts)
+    together = smoke_llm.generate(z, "upsample", context=smoke_llm.context(prompts=prompts), do_sample=False)
+    alone = smoke_llm.generate(z[:1], "upsample", context=smoke_llm.context(prompts=prompts[:1]), do_sample=False)
+    assert together[0] == alone[0]
+    assert L.positions(torch.tensor([[1, 1, 0, 0, 1, 1]])).tolist() == [[0, 1, 0, 0, 2, 3]]
+
+
+def test_a_mixed_batch_reads_each_rows_own_context(smoke_llm):
+    images = np.stack([s.image for s in ShapesWorld(seed=2).samples(2, "val")])
+    prompts = ["a red circle", "a cross"]
+    patches = smoke_llm.clip.patch_tokens(images)
+    assert patches.shape == (2, smoke_llm.clip.n_patches, smoke_llm.clip.patch_width)
+    mixed = L.Context(prompt_ids=smoke_llm.context(prompts=prompts).prompt_ids, patches=patches,
+                      is_image=torch.tensor([True, False]))
+    embeds, mask = smoke_llm.lm.context_embeds(mixed)
+    image_row, _ = smoke_llm.lm.context_embeds(L.Context(patches=patches[:1]))
+    prompt_row, prompt_mask = smoke_llm.lm.context_embeds(L.Context(prompt_ids=mixed.prompt_ids[1:]))
+    torch.testing.assert_close(embeds[0], image_row[0])
+    torch.testing.assert_close(embeds[1, :prompt_row.shape[1]], prompt_row[0])
+    assert mask[0].all() and mask[1].sum() == prompt_mask.sum() == 4  # <bos> a cross <eos>
 
 
 def test_generation_modes(smoke_llm):
@@ -54,13 +85,18 @@ def test_bad_generation_arguments(smoke_llm):
         smoke_llm.generate(z, "upsample", temperature=0)
     with pytest.raises(UnknownWordsError, match="'blorb'"):
         smoke_llm.upsample(["a blorb"])
+    with pytest.raises(ValueError, match="reads a context"):
+        smoke_llm.generate(z, "upsample")
+    with pytest.raises(ValueError, match="either prompts or images"):
+        smoke_llm.context()
 
 
 def test_save_load_round_trip_through_ours_and_transformers(smoke_llm, tmp_path):
     path = smoke_llm.save(tmp_path / "llm")
     z = smoke_llm.clip.encode_text(["a green diamond"])
     ours = L.load(path, smoke_llm.clip)
-    assert ours.generate(z, "upsample", do_sample=False) == smoke_llm.generate(z, "upsample", do_sample=False)
+    assert ours.upsample(["a green diamond"], do_sample=False) == smoke_llm.upsample(["a green diamond"],
+                                                                                     do_sample=False)
     gpt2 = AutoModelForCausalLM.from_pretrained(path)
     tok = AutoTokenizer.from_pretrained(path)
     mapper = L.PrefixMapper.from_pretrained(path / "prefix_mapper")
@@ -133,3 +169,30 @@ def test_total_variation():
     assert L.total_variation(Counter(a=1, b=1), Counter(a=2, b=2)) == 0.0
     assert L.total_variation(Counter(a=1), Counter(b=1)) == 1.0
     assert np.isnan(L.total_variation(Counter(), Counter(a=1)))
+
+
+def test_upsampler_redraws_only_unfaithful_descriptions(smoke_llm, monkeypatch):
+    """The checker keeps faithful draws, redraws the others (only those rows, next seed), and stops at max_tries."""
+    prompts = ["a red circle", "a blue square in the top left"]
+    script = [["a large red circle in the center", "a small green square in the top left"],  # 2nd contradicts
+              ["a small blue cross in the top left"],  # still wrong
+              ["a large blue square in the top left"]]  # right
+    calls = []
+
+    def fake_generate(z, task, *, context=None, seed=None, **kwargs):
+        calls.append((len(z), context.prompt_ids.shape[0], seed))
+        return list(script[len(calls) - 1])
+
+    monkeypatch.setattr(smoke_llm, "generate", fake_generate)
+    z = smoke_llm.clip.encode_text(prompts)
+    out, draws = smoke_llm.upsample_from(z, prompts, seed=5, return_draws=True)
+    assert out == ["a large red circle in the center", "a large blue square in the top left"]
+    assert draws == [1, 3] and calls == [(2, 2, 5), (1, 1, 6), (1, 1, 7)]
+    calls.clear()
+    out = smoke_llm.upsample_from(z, prompts, seed=5, max_tries=2)
+    assert out[1] == "a small blue cross in the top left"  # gave up after 2 draws, kept the last
+    calls.clear()
+    assert smoke_llm.upsample_from(z, prompts, do_sample=False)[1] == "a small green square in the top left"
+    assert len(calls) == 1  # greedy is deterministic: drawn once
+    with pytest.raises(ValueError, match="max_tries"):
+        smoke_llm.upsample_from(z, prompts, max_tries=0)

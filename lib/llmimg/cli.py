@@ -7,7 +7,8 @@
                     [--batch B] [--profile P | --pipeline DIR] -o FILE.png [--json]
     llmimg bench [--profile P] [--quality-n N] [--no-pipeline] [--json]
     llmimg train {clip,llm,generator} [--profile P] [--force]
-    llmimg eval {clip,llm,generator} [--profile P] [--n N] [--json]
+    llmimg eval {clip,llm,generator,pipeline} [--profile P] [--n N] [--json]
+    llmimg experiment generator-recipes [--profile P] [--only NAME ...] [--steps N] [--json]
 
 Errors a user can cause (bad arguments, a failing notebook, an unwritable file) end
 with a one-line message and a non-zero exit status, never a traceback.
@@ -156,12 +157,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a trained stage (training it first if needed)",
                                    description="Evaluate a stage on held-out ShapesWorld data; with --json print "
                                    "one JSON object (keys: see the README).")
-    evaluate.add_argument("stage", choices=STAGES)
+    evaluate.add_argument("stage", choices=(*STAGES, "pipeline"))
     _add_profile(evaluate, "which trained stage")
     evaluate.add_argument("--n", type=_positive(100_000), default=None,
                           help="held-out examples to evaluate on (default: the profile's)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    experiment = commands.add_parser("experiment", help="run a recorded experiment (the generator recipe search)",
+                                     description="Train each generator recipe (the default with a few fields "
+                                     "changed) and record its ShapesEval learning curve in "
+                                     "lib/llmimg/experiments/generator-recipes-<profile>.json; notebook 05 shows it.")
+    experiment.add_argument("name", choices=("generator-recipes",))
+    _add_profile(experiment, "model size and training length")
+    experiment.add_argument("--only", nargs="+", metavar="RECIPE", help="run only these recipes (quote names "
+                            "with spaces; default: all)")
+    experiment.add_argument("--steps", type=_positive(1_000_000), default=None,
+                            help="optimiser steps for every recipe (default: the profile's)")
+    experiment.add_argument("--json", action="store_true", help="print the whole record as one JSON object")
+    experiment.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     bench = commands.add_parser("bench", help="measure speeds: data loading, the pipeline's stages, fast vs "
                                 "1000-step DDPM at equal quality")
@@ -345,7 +359,10 @@ def _eval(args: argparse.Namespace) -> int:
 
     stage = _stage(args.stage)
     model = stage.get(args.profile, progress=not args.no_progress)
-    n = args.n or get_profile(args.profile).pick(smoke=100, default=1000, full=2000)
+    # The generator and the pipeline draw images (2n and 4n of them): fewer, still n >= 500 at default.
+    draws = args.stage in ("generator", "pipeline")
+    n = args.n or get_profile(args.profile).pick(smoke=100 if not draws else 20, default=1000 if not draws else 500,
+                                                 full=2000 if not draws else 1000)
     metrics = {"stage": args.stage, "profile": get_profile(args.profile).name, **stage.evaluate(model, n=n)}
     if args.json:
         print(json.dumps(metrics))
@@ -355,11 +372,31 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment(args: argparse.Namespace) -> int:
+    from llmimg import recipes
+
+    record = recipes.run(args.profile, args.only, steps=args.steps, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(record))
+        return 0
+    path = recipes.results_path(args.profile)
+    try:
+        shown = path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        shown = path.name
+    print(f"recorded in {shown}")
+    for name, r in record["recipes"].items():
+        last = r["curve"][-1] if r["curve"] else {}
+        print(f"  {name:>24}: {r['steps']} steps in {r['train_seconds'] or float('nan'):.0f} s, all-correct "
+              f"{last.get('all_correct', float('nan')):.3f} on {last.get('n', 0)} val descriptions")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmimg`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     handler = {"reproduce": _reproduce, "data": _preview, "generate": _generate, "bench": _bench,
-               "train": _train, "eval": _eval}[args.command]
+               "train": _train, "eval": _eval, "experiment": _experiment}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -158,6 +158,29 @@ class ShapesCLIP:
         """Image embeddings (B, embed_dim) of uint8 (B, H, W, 3) or [0, 1] float (B, 3, H, W) images."""
         return self.model.encode_image(preprocess(images).to(self.device), normalize=normalize)
 
+    @property
+    def n_patches(self) -> int:
+        """Number of image patch tokens the vision tower makes (16 for 32×32 images in 8×8 patches)."""
+        vision = model_config(self.config.model_name)["vision_cfg"]
+        return (vision["image_size"] // vision["patch_size"]) ** 2
+
+    @property
+    def patch_width(self) -> int:
+        """Width of the vision tower's patch tokens."""
+        return int(model_config(self.config.model_name)["vision_cfg"]["width"])
+
+    @torch.no_grad()
+    def patch_tokens(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """The vision tower's last-layer patch tokens (B, n_patches, patch_width), layer-normed, row by row.
+
+        The pooled embedding summarises the image in one vector; the patches keep where
+        each thing is, which is what a captioner needs to bind attributes to objects.
+        """
+        out = self.model.forward_intermediates(image=preprocess(images).to(self.device), image_indices=1,
+                                               intermediates_only=True, normalize_intermediates=True,
+                                               image_output_fmt="NLC")
+        return out["image_intermediates"][-1]
+
     @torch.no_grad()
     def token_states(self, texts: list[str], check: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token hidden states of the text tower (B, L, width) and the attention mask (B, L)."""

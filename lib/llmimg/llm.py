@@ -1,4 +1,4 @@
-"""Stage 2: a tiny GPT-2 that writes full ShapesWorld descriptions from a CLIP embedding.
+"""Stage 2: a tiny GPT-2 that writes full ShapesWorld descriptions from CLIP features.
 
 ClipCap-style: a small MLP (the *prefix mapper*) turns one CLIP embedding into
 ``prefix_length`` vectors that GPT-2 reads before ``<bos>``; GPT-2 then writes the
@@ -8,6 +8,15 @@ description. One model serves two tasks, told apart by a learned task vector:
   that keeps what the prompt states and fills in the rest the way the data does;
 * ``"caption"``: from an image's CLIP *image* embedding, write that image's
   description (the P(D | I) term of the joint model in notebook 01).
+
+One pooled embedding loses which attribute belongs to which object ("a red circle and
+a blue square" and "a blue circle and a red square" land close together), so between
+the prefix and ``<bos>`` GPT-2 also *reads* a context: for upsampling, the prompt's own
+tokens (as DALL-E 3's upsampler reads the user's text); for captioning, CLIP's image
+patch tokens, projected by the mapper (as LLaVA reads patches). The prefix, the
+context and the description form one sequence ``[prefix] [context] <bos> description``;
+padding inside the context is masked and positions count real tokens only (what
+``generate`` does from the attention mask), so padding never shifts a position.
 
 The CLIP stays frozen; the GPT-2 and the mapper train together with the
 language-model loss on the description tokens. A saved LLM is a ``save_pretrained``
@@ -27,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
@@ -44,6 +54,7 @@ hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
 
 TASKS: tuple[str, ...] = ("upsample", "caption")
+MAX_TRIES = 16  # draws per prompt before the upsampler keeps an unfaithful description (see upsample_from)
 FILES = ["config.json", "model.safetensors", "tokenizer.json", "prefix_mapper/config.json"]
 RETRAIN = "llmimg train llm --force"
 
@@ -57,6 +68,7 @@ class LLMConfig(StageConfig):
     n_head: int = 4
     prefix_length: int = 4
     mapper_hidden: int = 256
+    read_context: bool = True  # read the prompt's tokens / CLIP's patch tokens beside the prefix (see module doc)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500, batch_size=64, lr=1e-3))
     n_train: int = 20_000
     caption_rate: float = 0.5  # share of training examples that are captioning (the rest upsampling)
@@ -69,10 +81,10 @@ def default_config(profile: str | Profile | None = None) -> LLMConfig:
     p = get_profile(profile)
     return LLMConfig(
         n_embd=p.pick(smoke=32, default=128, full=256),
-        n_layer=p.pick(smoke=1, default=3, full=6),
+        n_layer=p.pick(smoke=1, default=4, full=6),
         n_head=p.pick(smoke=2, default=4, full=8),
         mapper_hidden=p.pick(smoke=64, default=256, full=512),
-        train=TrainConfig(steps=p.pick(smoke=30, default=1500, full=20_000),
+        train=TrainConfig(steps=p.pick(smoke=30, default=3000, full=20_000),
                           batch_size=p.pick(smoke=32, default=64, full=256),
                           lr=p.pick(smoke=3e-3, default=1e-3, full=5e-4),
                           warmup_steps=p.pick(smoke=5, default=100, full=500)),
@@ -86,11 +98,19 @@ class PrefixMapper(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, clip_dim: int = 128, n_embd: int = 128, prefix_length: int = 4,
-                 hidden_dim: int = 256, n_tasks: int = len(TASKS)) -> None:
+                 hidden_dim: int = 256, n_tasks: int = len(TASKS), patch_dim: int | None = None) -> None:
         super().__init__()
         self.task = nn.Embedding(n_tasks, clip_dim)
         self.mlp = nn.Sequential(nn.Linear(clip_dim, hidden_dim), nn.Tanh(),
                                  nn.Linear(hidden_dim, prefix_length * n_embd))
+        # CLIP's image patch tokens (width patch_dim) to GPT-2's width; GPT-2's positions order them.
+        self.patches = nn.Linear(patch_dim, n_embd) if patch_dim else None
+
+    def project_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """GPT-2 input vectors (B, P, n_embd) of CLIP image patch tokens (B, P, patch_dim)."""
+        if self.patches is None:
+            raise ValueError("this prefix mapper was built without patch reading (patch_dim=None)")
+        return self.patches(patches * patches.shape[-1] ** 0.5)  # unit-norm tokens up to N(0, 1) size
 
     def forward(self, z: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         """Prefix embeddings (B, prefix_length, n_embd) of unit CLIP embeddings ``z`` (B, clip_dim)."""
@@ -106,22 +126,78 @@ class ClipCapLM(nn.Module):
         super().__init__()
         self.gpt2, self.mapper = gpt2, mapper
 
-    def prefix_embeds(self, z: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
-        """The prefix followed by ``<bos>``'s embedding: what generation starts from."""
+    def prefix_embeds(self, z: torch.Tensor, task: torch.Tensor, context: Context | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What generation starts from: the prefix, the ``context`` (if any) and ``<bos>``, with their mask.
+
+        Returns ``(embeds (B, T, n_embd), attention_mask (B, T))``; the mask is 0 at the
+        context's padding.
+        """
         prefix = self.mapper(z, task)
+        parts, masks = [prefix], [torch.ones(prefix.shape[:2], dtype=torch.long, device=z.device)]
+        if context is not None:
+            embeds, mask = self.context_embeds(context)
+            parts.append(embeds)
+            masks.append(mask)
         bos = self.gpt2.get_input_embeddings()(torch.full((len(z), 1), BOS_ID, device=z.device))
-        return torch.cat([prefix, bos], dim=1)
+        return torch.cat([*parts, bos], dim=1), torch.cat([*masks, masks[0][:, :1]], dim=1)
+
+    def context_embeds(self, context: Context) -> tuple[torch.Tensor, torch.Tensor]:
+        """GPT-2 input vectors of a :class:`Context` and their mask (B, C): prompt tokens or projected patches."""
+        wte = self.gpt2.get_input_embeddings()
+        rows = []
+        if context.prompt_ids is not None:
+            rows.append((wte(context.prompt_ids), (context.prompt_ids != PAD_ID).long()))
+        if context.patches is not None:
+            p = self.mapper.project_patches(context.patches)
+            rows.append((p, torch.ones(p.shape[:2], dtype=torch.long, device=p.device)))
+        if len(rows) == 1:
+            return rows[0]
+        # A mixed batch: each row reads its own kind, padded to the longer of the two.
+        width = max(e.shape[1] for e, _ in rows)
+        (pe, pm), (ie, im) = [(F.pad(e, (0, 0, 0, width - e.shape[1])), F.pad(m, (0, width - m.shape[1])))
+                              for e, m in rows]
+        is_image = context.is_image[:, None]
+        return torch.where(is_image[..., None], ie, pe), torch.where(is_image, im, pm)
 
     def forward(self, z: torch.Tensor, task: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor) -> torch.Tensor:
+                attention_mask: torch.Tensor, context: Context | None = None) -> torch.Tensor:
         """Mean cross-entropy of the description tokens (``input_ids`` = ``<bos>`` description ``<eos>`` pads)."""
-        prefix = self.mapper(z, task)
-        embeds = torch.cat([prefix, self.gpt2.get_input_embeddings()(input_ids)], dim=1)
-        mask = torch.cat([attention_mask.new_ones(prefix.shape[:2]), attention_mask], dim=1)
+        start, start_mask = self.prefix_embeds(z, task, context)
+        start, start_mask = start[:, :-1], start_mask[:, :-1]  # <bos> comes with input_ids
+        embeds = torch.cat([start, self.gpt2.get_input_embeddings()(input_ids)], dim=1)
+        mask = torch.cat([start_mask, attention_mask.long()], dim=1)
         labels = input_ids.masked_fill(attention_mask == 0, -100)
         labels[:, 0] = -100  # <bos> is given, not predicted
-        labels = torch.cat([labels.new_full(prefix.shape[:2], -100), labels], dim=1)
-        return self.gpt2(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+        labels = torch.cat([labels.new_full(start.shape[:2], -100), labels], dim=1)
+        return self.gpt2(inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask),
+                         labels=labels).loss
+
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count real tokens only (padding gets 0): what ``generate`` derives from the mask."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0).masked_fill(attention_mask == 0, 0)
+
+
+@dataclass
+class Context:
+    """What GPT-2 reads between the prefix and ``<bos>``: a prompt's token ids, CLIP patch tokens, or both kinds.
+
+    ``prompt_ids`` (B, L) are ``<bos> prompt <eos>`` padded with ``<pad>``; ``patches``
+    (B, P, width) are CLIP's image patch tokens. When both are given (a training batch
+    mixing the two tasks), ``is_image`` (B,) says which one each row reads.
+    """
+
+    prompt_ids: torch.Tensor | None = None
+    patches: torch.Tensor | None = None
+    is_image: torch.Tensor | None = None
+
+    def rows(self, index: list[int]) -> Context:
+        """The context of the rows ``index`` only."""
+        return Context(*(None if t is None else t[index] for t in (self.prompt_ids, self.patches, self.is_image)))
+
+    def to(self, device: torch.device) -> Context:
+        return Context(*(None if t is None else t.to(device) for t in (self.prompt_ids, self.patches, self.is_image)))
 
 
 def _task_ids(task: str, n: int, device: torch.device) -> torch.Tensor:
@@ -143,11 +219,13 @@ class ShapesLLM:
         return next(self.lm.parameters()).device
 
     @torch.no_grad()
-    def generate(self, z: torch.Tensor, task: str, *, do_sample: bool = True, temperature: float = 1.0,
-                 top_k: int | None = None, num_beams: int = 1, seed: int | None = None,
+    def generate(self, z: torch.Tensor, task: str, *, context: Context | None = None, do_sample: bool = True,
+                 temperature: float = 1.0, top_k: int | None = None, num_beams: int = 1, seed: int | None = None,
                  use_cache: bool = True, max_new_tokens: int = CONTEXT_LENGTH) -> list[str]:
         """Descriptions written from CLIP embeddings ``z`` (B, embed_dim) with transformers' ``generate``.
 
+        ``context`` is what GPT-2 reads beside the prefix (:meth:`context` builds it
+        from prompts or images; required when the model was trained to read one).
         ``do_sample=False`` is greedy (or beam search with ``num_beams > 1``);
         sampling takes ``temperature`` and ``top_k``. ``seed`` seeds torch's global
         generator first (``generate`` samples from it). ``use_cache`` is passed on, but
@@ -158,28 +236,86 @@ class ShapesLLM:
             raise ValueError(f"temperature must be positive, got {temperature}")
         if num_beams < 1:
             raise ValueError(f"num_beams must be at least 1, got {num_beams}")
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        if self.config.read_context and context is None:
+            raise ValueError("this LLM reads a context beside the prefix: pass context=llm.context(prompts=...) "
+                             "or context=llm.context(images=...)")
         if seed is not None:
             torch.manual_seed(seed)
         z = z.to(self.device)
-        embeds = self.lm.prefix_embeds(z, _task_ids(task, len(z), z.device))
+        embeds, mask = self.lm.prefix_embeds(z, _task_ids(task, len(z), z.device),
+                                             None if context is None else context.to(z.device))
         options: dict[str, Any] = {"do_sample": do_sample, "num_beams": num_beams}
         if do_sample:
             options.update(temperature=temperature, top_k=top_k or 0)
         ids = self.lm.gpt2.generate(
-            inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=z.device),
-            max_new_tokens=max_new_tokens, eos_token_id=EOS_ID, pad_token_id=PAD_ID, use_cache=use_cache,
-            **options)
+            inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, eos_token_id=EOS_ID,
+            pad_token_id=PAD_ID, use_cache=use_cache, **options)
         return decode(self.tokenizer, ids)
 
-    def upsample(self, prompts: list[str], **kwargs: Any) -> list[str]:
-        """Full descriptions for typed prompts (checked: unknown words raise :class:`~llmimg.text.UnknownWordsError`)."""
+    def context(self, prompts: list[str] | None = None, images: torch.Tensor | np.ndarray | None = None,
+                ) -> Context | None:
+        """What this LLM reads beside the prefix: the prompts' token ids, or the images' CLIP patch tokens.
+
+        ``None`` for a model trained without reading (``config.read_context=False``).
+        """
+        if not self.config.read_context:
+            return None
+        if (prompts is None) == (images is None):
+            raise ValueError("give either prompts or images")
+        if prompts is not None:
+            ids = encode(self.tokenizer, prompts, check=False)["input_ids"]
+            return Context(prompt_ids=ids[:, :int((ids != PAD_ID).sum(1).max())])  # no all-padding columns
+        return Context(patches=self.clip.patch_tokens(images))
+
+    def upsample(self, prompts: list[str], *, max_tries: int = MAX_TRIES, **kwargs: Any) -> list[str]:
+        """Full descriptions for typed prompts (checked: unknown words raise :class:`~llmimg.text.UnknownWordsError`).
+
+        Sampled descriptions go through a checker: one that does not parse, or that
+        contradicts its prompt, is drawn again, up to ``max_tries`` draws in all
+        (``max_tries=1``: the model's raw samples). See :meth:`upsample_from`.
+        """
         prompts = [check_prompt(self.tokenizer, p) for p in prompts]
-        return self.generate(self.clip.encode_text(prompts).to(self.device), "upsample", **kwargs)
+        return self.upsample_from(self.clip.encode_text(prompts), prompts, max_tries=max_tries, **kwargs)
+
+    def upsample_from(self, z: torch.Tensor, prompts: list[str], *, max_tries: int = MAX_TRIES,
+                      seed: int | None = None, return_draws: bool = False,
+                      **kwargs: Any) -> list[str] | tuple[list[str], list[int]]:
+        """Descriptions of (already checked) ``prompts`` whose CLIP embeddings are ``z``, with the checker.
+
+        **Rejection sampling.** The model samples a description ``d ~ q(d | prompt)``; if
+        ``d`` does not parse or does not keep every attribute the prompt states, it is
+        thrown away and drawn again. What is kept is a sample of ``q`` restricted to the
+        faithful descriptions, ``q(d | prompt, faithful)``: the open attributes keep the
+        model's distribution, renormalised. After ``max_tries`` draws the last one is
+        kept, faithful or not. Greedy decoding (``do_sample=False``) is deterministic, so
+        it is drawn once. ``seed`` seeds draw ``k`` with ``seed + k``. With
+        ``return_draws`` it also returns how many draws each prompt took.
+        """
+        from llmimg.data import faithful
+
+        if max_tries < 1:
+            raise ValueError(f"max_tries must be at least 1, got {max_tries}")
+        context = self.context(prompts=prompts)
+        out = self.generate(z, "upsample", context=context, seed=seed, **kwargs)
+        draws = [1] * len(out)
+        tries = max_tries if kwargs.get("do_sample", True) else 1
+        for attempt in range(1, tries):
+            redo = [i for i, (p, d) in enumerate(zip(prompts, out)) if not faithful(p, d)]
+            if not redo:
+                break
+            again = self.generate(z[redo], "upsample", context=None if context is None else context.rows(redo),
+                                  seed=None if seed is None else seed + attempt, **kwargs)
+            for i, d in zip(redo, again):
+                out[i], draws[i] = d, draws[i] + 1
+        return (out, draws) if return_draws else out
 
     def caption(self, images: torch.Tensor | np.ndarray, **kwargs: Any) -> list[str]:
         """Descriptions of images (uint8 (B, H, W, 3) or [0, 1] float (B, 3, H, W)); greedy by default."""
         kwargs.setdefault("do_sample", False)
-        return self.generate(self.clip.encode_image(images).to(self.device), "caption", **kwargs)
+        return self.generate(self.clip.encode_image(images).to(self.device), "caption",
+                             context=self.context(images=images), **kwargs)
 
     def save(self, path: str | Path, metrics: dict[str, Any] | None = None) -> Path:
         """Write a ``save_pretrained`` GPT-2 folder with the tokenizer, ``prefix_mapper/`` and ``llmimg.json``."""
@@ -198,13 +334,14 @@ def build(config: LLMConfig, clip: clip_stage.ShapesCLIP) -> ShapesLLM:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(config.seed)
+    reads = max(clip.n_patches, CONTEXT_LENGTH) if config.read_context else 0  # the longest context
     gpt2 = GPT2LMHeadModel(GPT2Config(
-        vocab_size=len(clip.tokenizer), n_positions=config.prefix_length + 1 + CONTEXT_LENGTH,
+        vocab_size=len(clip.tokenizer), n_positions=config.prefix_length + reads + 1 + CONTEXT_LENGTH,
         n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head,
         bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID))
     gpt2.generation_config.pad_token_id = PAD_ID
     mapper = PrefixMapper(clip_dim=clip.embed_dim, n_embd=config.n_embd, prefix_length=config.prefix_length,
-                          hidden_dim=config.mapper_hidden)
+                          hidden_dim=config.mapper_hidden, patch_dim=clip.patch_width if config.read_context else None)
     return ShapesLLM(ClipCapLM(gpt2, mapper), clip.tokenizer, clip, config)
 
 
@@ -228,46 +365,64 @@ def load(path: str | Path, clip: clip_stage.ShapesCLIP | None = None) -> ShapesL
     if mapper.config.clip_dim != clip.embed_dim:
         raise CheckpointError(f"{path.name!r} expects {mapper.config.clip_dim}-d CLIP embeddings, "
                               f"the CLIP given has {clip.embed_dim}")
-    return ShapesLLM(ClipCapLM(gpt2, mapper), tokenizer, clip, LLMConfig.from_dict(manifest["config"]), path,
-                     manifest.get("history"))
+    # Models trained before the context existed read none (their manifests lack the key).
+    config = LLMConfig.from_dict({"read_context": False, **manifest["config"]})
+    return ShapesLLM(ClipCapLM(gpt2, mapper), tokenizer, clip, config, path, manifest.get("history"))
 
 
 # -- training ------------------------------------------------------------------------
 class LLMBank:
-    """Training examples: frozen-CLIP embeddings of ``n`` scenes' images and prompts, and their descriptions."""
+    """Training examples: frozen-CLIP features of ``n`` scenes' images and prompts, and their descriptions.
+
+    With ``read_context`` it also keeps each prompt's token ids and each image's CLIP
+    patch tokens (in half precision: 20,000 images of 16 patches take 80 MB).
+    """
 
     def __init__(self, n: int, clip: clip_stage.ShapesCLIP, seed: int = 0, split: str = "train",
-                 chunk: int = 1000) -> None:
+                 chunk: int = 1000, read_context: bool = True) -> None:
         from llmimg.data import ShapesWorld
 
         samples = list(ShapesWorld(seed=seed).samples(n, split))
-        images, prompts = [], []
+        images, prompts, patches = [], [], []
         for start in range(0, n, chunk):
             part = samples[start:start + chunk]
-            images.append(clip.encode_image(np.stack([s.image for s in part])).cpu())
+            pixels = np.stack([s.image for s in part])
+            images.append(clip.encode_image(pixels).cpu())
             prompts.append(clip.encode_text([s.prompt for s in part], check=False).cpu())
+            if read_context:
+                patches.append(clip.patch_tokens(pixels).cpu().half())
         self.image_z, self.prompt_z = torch.cat(images), torch.cat(prompts)
+        self.patches = torch.cat(patches) if read_context else None
+        self.prompt_ids = encode(clip.tokenizer, [s.prompt for s in samples], check=False)["input_ids"]
         enc = encode(clip.tokenizer, [s.description for s in samples], check=False)
         self.ids, self.mask = enc["input_ids"], enc["attention_mask"]
 
-    def batch(self, step: int, batch_size: int, caption_rate: float, seed: int = 0) -> dict[str, torch.Tensor]:
+    def batch(self, step: int, batch_size: int, caption_rate: float, seed: int = 0) -> dict[str, Any]:
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         idx = torch.randint(len(self.ids), (batch_size,), generator=g)
         task = (torch.rand(batch_size, generator=g) < caption_rate).long()  # 1 = caption
         z = torch.where(task[:, None] == 1, self.image_z[idx], self.prompt_z[idx])
         mask = self.mask[idx]
         length = int(mask.sum(1).max())  # drop the columns that are padding in every row: half the compute
-        return {"z": z, "task": task, "input_ids": self.ids[idx, :length], "attention_mask": mask[:, :length]}
+        out: dict[str, Any] = {"z": z, "task": task, "input_ids": self.ids[idx, :length],
+                               "attention_mask": mask[:, :length]}
+        if self.patches is not None:
+            prompt_ids = self.prompt_ids[idx]
+            prompt_ids = prompt_ids[:, :int((prompt_ids != PAD_ID).sum(1).max())]
+            out["context"] = Context(prompt_ids, self.patches[idx].float(), task == TASKS.index("caption"))
+        return out
 
 
 def train(config: LLMConfig, clip: clip_stage.ShapesCLIP, *, work_dir: str | Path | None = None,
           progress: bool = True) -> ShapesLLM:
     """Train GPT-2 and the prefix mapper on both tasks with the CLIP frozen; returns the model (not saved)."""
     llm = build(config, clip)
-    bank = LLMBank(config.n_train, clip, seed=config.seed)
+    bank = LLMBank(config.n_train, clip, seed=config.seed, read_context=config.read_context)
 
-    def loss(model: nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(b["z"], b["task"], b["input_ids"], b["attention_mask"])
+    def loss(model: nn.Module, b: dict[str, Any]) -> torch.Tensor:
+        context = b.get("context")
+        return model(b["z"], b["task"], b["input_ids"], b["attention_mask"],
+                     None if context is None else context.to(b["z"].device))
 
     result = fit(llm.lm, lambda s: bank.batch(s, config.train.batch_size, config.caption_rate, config.seed),
                  loss, config.train, work_dir=work_dir, desc="LLM", progress=progress,
@@ -381,23 +536,58 @@ def caption_scores(scenes: list[Any], outputs: list[str]) -> dict[str, float]:
 
 def evaluate(llm: ShapesLLM, n: int = 500, split: str = "val", seed: int = 0,
              batch_size: int = 250) -> dict[str, Any]:
-    """The LLM metrics of ``llmimg eval llm`` on ``n`` held-out scenes: upsampling (sampled) and captioning (greedy)."""
-    from llmimg.data import ShapesWorld
+    """The LLM metrics of ``llmimg eval llm`` on ``n`` held-out scenes: upsampling (sampled) and captioning (greedy).
+
+    Upsampling is scored as the upsampler works, with its checker (redraws of
+    descriptions that contradict the prompt, :meth:`ShapesLLM.upsample_from`), and, under
+    ``model_*`` keys, on the model's first draws alone. Faithfulness is also split by
+    the prompt's number of objects (``*_one_object``, ``*_two_objects``);
+    ``upsample_draws`` is the mean number of draws per prompt. Captioning is measured
+    again on ``n`` scenes of the compositional ``heldout`` split
+    (``heldout_caption_accuracy``). Every rate has its standard error (``<key>_se``).
+    """
+    from llmimg.data import ShapesWorld, faithful
+    from llmimg.evaluation import standard_error
+
+    def captions(samples: list[Any]) -> list[str]:
+        return [c for start in range(0, len(samples), batch_size)
+                for c in llm.caption(np.stack([s.image for s in samples[start:start + batch_size]]))]
+
+    def upsample(max_tries: int) -> tuple[list[str], list[int]]:
+        parts = [llm.upsample(prompts[start:start + batch_size], seed=seed + start, max_tries=max_tries,
+                              return_draws=True) for start in range(0, n, batch_size)]
+        return [d for texts, _ in parts for d in texts], [k for _, draws in parts for k in draws]
 
     samples = list(ShapesWorld(seed=seed).samples(n, split))
+    heldout = list(ShapesWorld(seed=seed).samples(n, "heldout"))
     prompts = [s.prompt for s in samples]
     t0 = time.perf_counter()
-    upsampled, captions = [], []
-    for start in range(0, n, batch_size):
-        part = samples[start:start + batch_size]
-        upsampled += llm.upsample([s.prompt for s in part], seed=seed + start)
-        captions += llm.caption(np.stack([s.image for s in part]))
+    (checked, draws), (first, _) = upsample(MAX_TRIES), upsample(1)  # same seeds: the checker's first draws
+    written, written_heldout = captions(samples), captions(heldout)
     seconds = time.perf_counter() - t0
-    return {**upsampling_scores(prompts, upsampled, seed=seed),
-            **caption_scores([s.scene for s in samples], captions),
-            "n": n, "seconds": seconds}
+    by_objects = Counter(len(s.scene) for s in samples)
+    counts = {"one_object": by_objects[1], "two_objects": by_objects[2]}
+    rates: dict[str, float] = {}
+    for prefix, outputs in (("", checked), ("model_", first)):
+        scores = upsampling_scores(prompts, outputs, seed=seed)
+        rates[f"{prefix}valid_rate"], rates[f"{prefix}faithfulness"] = scores["valid_rate"], scores["faithfulness"]
+        for key, count in (("one_object", "1"), ("two_objects", "2")):
+            rates[f"{prefix}faithfulness_{key}"] = scores["faithfulness_by_objects"].get(count, float("nan"))
+        if not prefix:
+            tv = {k: scores[k] for k in ("open_attribute_tv", "open_attribute_tv_floor",
+                                         "open_attribute_tv_per_attribute")}
+    rates.update(caption_scores([s.scene for s in samples], written))
+    rates["heldout_caption_accuracy"] = caption_scores([s.scene for s in heldout], written_heldout)["caption_accuracy"]
+
+    def n_of(key: str) -> int:
+        return next((c for k, c in counts.items() if key.endswith(k)), n)
+
+    errors = {f"{k}_se": standard_error(v, n_of(k)) if n_of(k) and not np.isnan(v) else float("nan")
+              for k, v in rates.items()}
+    return {**rates, **errors, **tv, "upsample_draws": float(np.mean(draws)), "n_one_object": by_objects[1],
+            "n_two_objects": by_objects[2], "n": n, "seconds": seconds}
 
 
-__all__ = ["ClipCapLM", "LLMBank", "LLMConfig", "OPEN_ATTRIBUTES", "PrefixMapper", "ShapesLLM", "TASKS", "build",
-           "caption_scores", "default_config", "evaluate", "get", "load", "open_attributes", "total_variation",
-           "train", "upsampling_scores"]
+__all__ = ["ClipCapLM", "Context", "LLMBank", "LLMConfig", "OPEN_ATTRIBUTES", "PrefixMapper", "ShapesLLM", "TASKS", "build",
+           "caption_scores", "default_config", "evaluate", "get", "load", "open_attributes", "positions",
+           "total_variation", "train", "upsampling_scores"]

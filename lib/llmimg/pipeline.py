@@ -137,7 +137,9 @@ class ShapesPipeline(DiffusionPipeline):
     def writer(self) -> llm_stage.ShapesLLM:
         """The LLM stage (GPT-2 and prefix mapper on this pipeline's CLIP)."""
         return llm_stage.ShapesLLM(llm_stage.ClipCapLM(self.llm, self.prefix_mapper), self.tokenizer,
-                                   self.text_encoder, llm_stage.LLMConfig.from_dict(self.config.stage_configs["llm"]))
+                                   self.text_encoder,
+                                   llm_stage.LLMConfig.from_dict({"read_context": False,
+                                                                  **self.config.stage_configs["llm"]}))
 
     @property
     def generator_stage(self) -> gen_stage.ShapesGenerator:
@@ -202,7 +204,8 @@ class ShapesPipeline(DiffusionPipeline):
         """Draw one image per prompt.
 
         ``upsample=True`` lets the LLM write a full description of each prompt (sampled
-        with ``temperature``, or greedy with ``do_sample=False``) and draws that;
+        with ``temperature`` and redrawn when it contradicts the prompt, or greedy with
+        ``do_sample=False``; see :meth:`llmimg.llm.ShapesLLM.upsample_from`) and draws that;
         ``upsample=False`` draws the prompt itself. ``guidance_scale`` (None: the
         generator's trained default) turns on classifier-free guidance above 1.
         ``generator`` seeds everything random: the LLM's sampling and the initial noise
@@ -229,8 +232,8 @@ class ShapesPipeline(DiffusionPipeline):
                 z = text.encode_text(prompts, check=False)
             # fork_rng: the LLM samples from torch's global generator; the caller's stream stays untouched.
             with timer.stage("llm_generate"), torch.random.fork_rng(devices=[]):
-                written = self.writer.generate(z, "upsample", do_sample=do_sample, temperature=temperature, seed=seed,
-                                               max_new_tokens=CONTEXT_LENGTH - 2)
+                written = self.writer.upsample_from(z, prompts, do_sample=do_sample, temperature=temperature, seed=seed,
+                                                    max_new_tokens=CONTEXT_LENGTH - 2)
             # An empty output would mean "no condition" to the generator: keep the prompt instead.
             descriptions = [d or p for d, p in zip(written, prompts)]
         else:
@@ -273,5 +276,36 @@ def get(profile: str | Profile | None = None, *, progress: bool = True, schedule
     return pipe
 
 
+def evaluate(pipe: ShapesPipeline, n: int = 500, *, seed: int = 0, num_inference_steps: int = 25,
+             guidance_scale: float | None = None, scheduler: str = DEFAULT_SCHEDULER) -> dict[str, Any]:
+    """The metrics of ``llmimg eval pipeline``: ShapesEval of typed prompts drawn with and without the LLM.
+
+    ``n`` typed prompts (1–2 objects) of the ``val`` split and ``n`` of the ``heldout``
+    split (colour–shape pairs no stage saw in training) are drawn twice from the same
+    noise: straight from the prompt (``*_raw``, the LLM off) and from the LLM's
+    description of it (``*_upsampled``). Images are scored against the *prompt*, so an
+    upsampled description that contradicts it counts as wrong. Each rate has its
+    standard error (``<key>_se``).
+    """
+    from llmimg.data import ShapesWorld
+    from llmimg.evaluation import shapes_eval, standard_error
+
+    gen, writer = pipe.generator_stage, pipe.writer
+    out: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for split, prefix in (("val", ""), ("heldout", "heldout_")):
+        prompts = [s.prompt for s in ShapesWorld(seed=seed).samples(n, split)]
+        written = writer.upsample(prompts, seed=seed)
+        for kind, texts in (("raw", prompts), ("upsampled", [w or p for w, p in zip(written, prompts)])):
+            images = gen.generate(texts, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                  scheduler=scheduler, seed=seed, check=False)
+            rate = shapes_eval(images, prompts).all_correct
+            out[f"{prefix}all_correct_{kind}"] = rate
+            out[f"{prefix}all_correct_{kind}_se"] = standard_error(rate, n)
+    return {**out, "n": n, "num_inference_steps": num_inference_steps, "scheduler": scheduler,
+            "guidance_scale": gen.config.guidance_scale if guidance_scale is None else guidance_scale,
+            "seconds": time.perf_counter() - t0}
+
+
 __all__ = ["DEFAULT_SCHEDULER", "DEFAULT_STEPS", "STAGES", "ClipModel", "ShapesPipeline", "ShapesPipelineOutput",
-           "get"]
+           "evaluate", "get"]

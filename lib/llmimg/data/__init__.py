@@ -11,6 +11,7 @@ from llmimg.data.captions import (
     PartialObject,
     complete_prompt,
     describe,
+    faithful,
     format_prompt,
     parse_description,
     parse_prompt,
@@ -37,6 +38,6 @@ from llmimg.data.world import (
 __all__ = [
     "ATTRIBUTES", "COLOURS", "COLOUR_NAMES", "HELDOUT_PAIRS", "POSITIONS", "SHAPES", "SIZES", "SPLITS",
     "ParseError", "PartialObject", "Sample", "Scene", "ShapeObject", "ShapesDataset", "ShapesWorld",
-    "complete_prompt", "describe", "format_prompt", "object_centre", "parse_description", "parse_prompt",
+    "complete_prompt", "describe", "faithful", "format_prompt", "object_centre", "parse_description", "parse_prompt",
     "prompt_matches", "render", "render_masks", "sample_prompt", "scene_labels",
 ]

@@ -155,6 +155,14 @@ def prompt_matches(prompt: str | tuple[PartialObject, ...], scene: Scene) -> boo
                for perm in itertools.permutations(scene.objects))
 
 
+def faithful(prompt: str | tuple[PartialObject, ...], description: str) -> bool:
+    """Whether ``description`` parses as a full description and keeps everything ``prompt`` states."""
+    try:
+        return prompt_matches(prompt, parse_description(description))
+    except ParseError:
+        return False
+
+
 def complete_prompt(prompt: str | tuple[PartialObject, ...], rng: np.random.Generator,
                     heldout_pairs: tuple[tuple[str, str], ...] = HELDOUT_PAIRS) -> Scene:
     """The oracle upsampler: a full scene drawn from the data's distribution given the prompt.

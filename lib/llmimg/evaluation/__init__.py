@@ -7,6 +7,7 @@
   GenEval-style: all-correct rate, count accuracy and per-attribute accuracy over the
   attributes each prompt states. :func:`judge_accuracy_on_real` gives the judge's
   ceiling on real images.
+* :func:`standard_error` gives every rate its error bar.
 * :func:`clip_score`, :func:`cmmd` and :func:`frechet_distance` compute CLIP-space
   metrics from embeddings.
 """
@@ -21,10 +22,11 @@ from llmimg.evaluation.shapes_eval import (
     judge_accuracy_on_real,
     score_image,
     shapes_eval,
+    standard_error,
 )
 
 __all__ = [
     "ATTRIBUTE_NAMES", "Detection", "ImageScore", "JudgedImage", "ObjectMatch", "ShapesEvalResult",
     "as_image_batch", "clip_score", "cmmd", "frechet_distance", "judge", "judge_accuracy_on_real", "judge_images",
-    "score_image", "shapes_eval",
+    "score_image", "shapes_eval", "standard_error",
 ]

@@ -161,6 +161,19 @@ class ShapesEvalResult:
 
 
 # -- prompts ------------------------------------------------------------------------
+def standard_error(rate: float, n: int) -> float:
+    """The standard error of a rate measured on ``n`` independent trials: sqrt(p (1 - p) / n).
+
+    Two rates whose difference is below about two standard errors of that difference,
+    sqrt(se_a² + se_b²), cannot be told apart from noise.
+    """
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"a rate lies in [0, 1], got {rate}")
+    return math.sqrt(rate * (1.0 - rate) / n)
+
+
 def _partials(prompt: Prompt) -> tuple[PartialObject, ...]:
     """The prompt's objects; a Scene or ShapeObjects state every attribute."""
     if isinstance(prompt, str):

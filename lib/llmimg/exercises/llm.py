@@ -145,17 +145,19 @@ def _description_log_prob(llm: Any, prompt: str, description: str) -> float:
     """log P(description | prompt) under ``llm`` (upsampling), summed from the transformer's logits."""
     import torch
 
-    from llmimg.llm import TASKS
+    from llmimg.llm import TASKS, positions
 
     lm = llm.lm
     with torch.no_grad():
         z = llm.clip.encode_text([prompt]).to(llm.device)
         task = torch.full((1,), TASKS.index("upsample"), dtype=torch.long, device=llm.device)
-        start = lm.prefix_embeds(z, task)  # the prefix vectors and <bos>
+        start, mask = lm.prefix_embeds(z, task, llm.context(prompts=[prompt]))  # prefix, prompt tokens, <bos>
         ids = torch.tensor([llm.tokenizer(description)["input_ids"]], device=llm.device)  # <bos> … <eos>
         targets = ids[:, 1:]
         embeds = torch.cat([start, lm.gpt2.get_input_embeddings()(targets)], dim=1)
-        logits = lm.gpt2(inputs_embeds=embeds).logits[:, start.shape[1] - 1:-1]
+        mask = torch.cat([mask, torch.ones_like(targets)], dim=1)
+        logits = lm.gpt2(inputs_embeds=embeds, attention_mask=mask,
+                         position_ids=positions(mask)).logits[:, start.shape[1] - 1:-1]
         log_p = torch.log_softmax(logits.double(), dim=-1).gather(-1, targets[..., None])
     return float(log_p.sum())
 

@@ -1,0 +1,41 @@
+"""The generator recipe search (llmimg.recipes): configs, records and the no-write rule of notebooks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llmimg import generator as G
+from llmimg import recipes as R
+
+
+def test_recipes_change_only_what_they_name():
+    base = G.default_config("default")
+    assert R.recipe_config("default", "default") == base  # the pipeline's own generator, same cache key
+    eps = R.recipe_config("epsilon target", "default")
+    assert eps.prediction_type == "epsilon" and eps.as_dict() | {"prediction_type": "sample"} == base.as_dict()
+    fast = R.recipe_config("learning rate 2e-3", "default", steps=600)
+    assert fast.train.lr == 2e-3 and fast.train.steps == 600 and fast.curve_every == 150
+    assert fast.train.batch_size == base.train.batch_size
+    half = R.recipe_config("half width", "default")
+    assert half.block_out_channels == (48, 96)  # and it is a valid config (channels divide into groups)
+    with pytest.raises(ValueError, match="unknown recipe 'bigger'"):
+        R.recipe_config("bigger", "default")
+    with pytest.raises(ValueError, match="steps must be positive"):
+        R.recipe_config("default", "default", steps=0)
+
+
+def test_run_records_and_get_never_writes(tmp_path, monkeypatch, smoke_clip):
+    monkeypatch.setenv("LLMIMG_EXPERIMENTS_DIR", str(tmp_path))
+    assert R.load("smoke") is None
+    shown = R.run("smoke", ["default"], steps=2, progress=False, record=False)
+    assert not list(tmp_path.iterdir())  # record=False writes nothing
+    assert [p["step"] for p in shown["recipes"]["default"]["curve"]] == [1, 2]
+    R.run("smoke", ["default"], steps=2, progress=False)
+    R.run("smoke", ["no pooled text"], steps=2, progress=False)  # merged into the same record
+    saved = json.loads(R.results_path("smoke").read_text())
+    assert set(saved["recipes"]) == {"default", "no pooled text"}
+    assert R.get("smoke") == saved  # a recorded search is read, not rerun
+    table = R.table(saved)
+    assert set(table["recipe"]) == {"default", "no pooled text"} and len(table) == 4
