@@ -359,10 +359,10 @@ def _eval(args: argparse.Namespace) -> int:
 
     stage = _stage(args.stage)
     model = stage.get(args.profile, progress=not args.no_progress)
-    # The generator and the pipeline draw images (2n and 4n of them): fewer, still n >= 500 at default.
+    # The generator and the pipeline draw 2n and 4n images: fewer scenes (still n >= 500 at default).
     draws = args.stage in ("generator", "pipeline")
-    n = args.n or get_profile(args.profile).pick(smoke=100 if not draws else 20, default=1000 if not draws else 500,
-                                                 full=2000 if not draws else 1000)
+    sizes = {"smoke": 20, "default": 500, "full": 1000} if draws else {"smoke": 100, "default": 1000, "full": 2000}
+    n = args.n or get_profile(args.profile).pick(**sizes)
     metrics = {"stage": args.stage, "profile": get_profile(args.profile).name, **stage.evaluate(model, n=n)}
     if args.json:
         print(json.dumps(metrics))
