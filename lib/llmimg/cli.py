@@ -330,12 +330,12 @@ def _stage(name: str):
     return importlib.import_module(f"llmimg.{name}")
 
 
-def _shown(path: Path) -> str:
-    """A cache folder as a user can find it: relative to the working folder when inside it."""
+def _shown(path: Path, where: str = " in the model cache") -> str:
+    """A path as a user can find it: relative to the working folder when inside it, else its last two parts."""
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
-        return f"{path.parent.name}/{path.name} in the model cache"
+        return f"{path.parent.name}/{path.name}{where}"
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -379,12 +379,7 @@ def _experiment(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(record))
         return 0
-    path = recipes.results_path(args.profile)
-    try:
-        shown = path.resolve().relative_to(Path.cwd().resolve())
-    except ValueError:
-        shown = path.name
-    print(f"recorded in {shown}")
+    print(f"recorded in {_shown(recipes.results_path(args.profile), where='')}")
     for name, r in record["recipes"].items():
         last = r["curve"][-1] if r["curve"] else {}
         print(f"  {name:>24}: {r['steps']} steps in {r['train_seconds'] or float('nan'):.0f} s, all-correct "

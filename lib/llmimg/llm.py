@@ -192,12 +192,20 @@ class Context:
     patches: torch.Tensor | None = None
     is_image: torch.Tensor | None = None
 
+    def _map(self, fn: Any) -> Context:
+        return Context(*(None if t is None else fn(t) for t in (self.prompt_ids, self.patches, self.is_image)))
+
     def rows(self, index: list[int]) -> Context:
         """The context of the rows ``index`` only."""
-        return Context(*(None if t is None else t[index] for t in (self.prompt_ids, self.patches, self.is_image)))
+        return self._map(lambda t: t[index])
 
     def to(self, device: torch.device) -> Context:
-        return Context(*(None if t is None else t.to(device) for t in (self.prompt_ids, self.patches, self.is_image)))
+        return self._map(lambda t: t.to(device))
+
+
+def trim_padding(ids: torch.Tensor) -> torch.Tensor:
+    """Token ids ``(B, L)`` without the trailing columns that are ``<pad>`` in every row."""
+    return ids[:, :int((ids != PAD_ID).sum(1).max())]
 
 
 def _task_ids(task: str, n: int, device: torch.device) -> torch.Tensor:
@@ -236,16 +244,14 @@ class ShapesLLM:
             raise ValueError(f"temperature must be positive, got {temperature}")
         if num_beams < 1:
             raise ValueError(f"num_beams must be at least 1, got {num_beams}")
-        if task not in TASKS:
-            raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        task_ids = _task_ids(task, len(z), self.device)
         if self.config.read_context and context is None:
             raise ValueError("this LLM reads a context beside the prefix: pass context=llm.context(prompts=...) "
                              "or context=llm.context(images=...)")
         if seed is not None:
             torch.manual_seed(seed)
         z = z.to(self.device)
-        embeds, mask = self.lm.prefix_embeds(z, _task_ids(task, len(z), z.device),
-                                             None if context is None else context.to(z.device))
+        embeds, mask = self.lm.prefix_embeds(z, task_ids, None if context is None else context.to(z.device))
         options: dict[str, Any] = {"do_sample": do_sample, "num_beams": num_beams}
         if do_sample:
             options.update(temperature=temperature, top_k=top_k or 0)
@@ -265,8 +271,7 @@ class ShapesLLM:
         if (prompts is None) == (images is None):
             raise ValueError("give either prompts or images")
         if prompts is not None:
-            ids = encode(self.tokenizer, prompts, check=False)["input_ids"]
-            return Context(prompt_ids=ids[:, :int((ids != PAD_ID).sum(1).max())])  # no all-padding columns
+            return Context(prompt_ids=trim_padding(encode(self.tokenizer, prompts, check=False)["input_ids"]))
         return Context(patches=self.clip.patch_tokens(images))
 
     def upsample(self, prompts: list[str], *, max_tries: int = MAX_TRIES, **kwargs: Any) -> list[str]:
@@ -407,9 +412,8 @@ class LLMBank:
         out: dict[str, Any] = {"z": z, "task": task, "input_ids": self.ids[idx, :length],
                                "attention_mask": mask[:, :length]}
         if self.patches is not None:
-            prompt_ids = self.prompt_ids[idx]
-            prompt_ids = prompt_ids[:, :int((prompt_ids != PAD_ID).sum(1).max())]
-            out["context"] = Context(prompt_ids, self.patches[idx].float(), task == TASKS.index("caption"))
+            out["context"] = Context(trim_padding(self.prompt_ids[idx]), self.patches[idx].float(),
+                                     task == TASKS.index("caption"))
         return out
 
 
@@ -546,7 +550,7 @@ def evaluate(llm: ShapesLLM, n: int = 500, split: str = "val", seed: int = 0,
     again on ``n`` scenes of the compositional ``heldout`` split
     (``heldout_caption_accuracy``). Every rate has its standard error (``<key>_se``).
     """
-    from llmimg.data import ShapesWorld, faithful
+    from llmimg.data import ShapesWorld
     from llmimg.evaluation import standard_error
 
     def captions(samples: list[Any]) -> list[str]:

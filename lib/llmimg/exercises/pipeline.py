@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from llmimg.exercises.feedback import Feedback, check_number
 
 __all__ = ["check_latency_at_steps", "check_speedup", "check_standard_error"]
@@ -31,6 +29,8 @@ def check_standard_error(rate: float, n: int, answer: Any) -> Feedback:
     """Standard error of an all-correct rate measured on ``n`` independent prompts."""
     if not 0 <= rate <= 1 or n <= 0:
         raise ValueError("rate must be in [0, 1] and n positive")
-    return check_number(answer, float(np.sqrt(rate * (1 - rate) / n)), rtol=1e-2, what="the standard error",
+    from llmimg.evaluation import standard_error
+
+    return check_number(answer, standard_error(rate, n), rtol=1e-2, what="the standard error",
                         hint="each prompt is a coin flip that comes up 'all correct' with probability p: "
                              "the mean of n flips has variance p(1 − p)/n")
