@@ -1,9 +1,16 @@
-"""Shared fixtures: trained smoke-profile stages, built once per test session in a temporary cache."""
+"""Shared fixtures: trained smoke-profile stages, built once per test session in a temporary cache; and the
+hypothesis profile every property test runs under."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import settings
+
+# Property tests draw the same examples on every run (seeded from each test's own code), so CI is
+# repeatable and a failure reproduces; deadline=None because a model call's time varies with load.
+settings.register_profile("llmimg", derandomize=True, deadline=None)
+settings.load_profile("llmimg")
 
 
 @pytest.fixture(scope="session")

@@ -52,7 +52,7 @@ def test_preview_same_seed_same_bytes(tmp_path):
 def test_bad_arguments_give_one_line_errors(tmp_path, args, message):
     result = llmimg(*args, cwd=tmp_path)
     assert result.returncode != 0
-    assert message in result.stderr and "Traceback" not in result.stderr
+    assert message in result.stderr and len(result.stderr.splitlines()) == 1  # no usage block, no traceback
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
@@ -148,7 +148,12 @@ def test_damaged_cache_is_a_one_line_error(tmp_path):
     assert weights.stat().st_size == 50  # nothing was overwritten behind the user's back
 
 
-def test_eval_generator_prints_the_documented_keys(tmp_path):
+def test_train_generator_prints_its_held_out_metrics_and_eval_the_documented_keys(tmp_path):
+    trained = llmimg("train", "generator", "--profile", "smoke", "--no-progress", env=cache_env(tmp_path))
+    assert trained.returncode == 0, trained.stderr
+    metrics = trained.stdout.splitlines()[-1]
+    assert metrics.startswith("held-out metrics (on 8 one-object val descriptions): all_correct ")
+    assert all(f" {key} " in metrics for key in ("count_accuracy", "shape", "colour", "size", "position"))
     result = llmimg("eval", "generator", "--profile", "smoke", "--n", "8", "--json", "--no-progress",
                     env=cache_env(tmp_path))
     assert result.returncode == 0, result.stderr

@@ -73,7 +73,7 @@ def test_json_is_one_object_with_the_documented_keys(workdir, capsys):
 
 
 def test_no_llm_draws_the_prompt(workdir, capsys):
-    args = ["  a red circle. ", *SMOKE, "--no-llm", "--scheduler", "ddim", "--guidance", "0", "-o", "pic.png"]
+    args = ["  a red circle! ", *SMOKE, "--no-llm", "--scheduler", "ddim", "--guidance", "0", "-o", "pic.png"]
     assert run(*args, "--json") == 0
     data = json.loads(capsys.readouterr().out)
     assert data["descriptions"] == ["a red circle"] and data["upsample"] is False
@@ -110,6 +110,8 @@ def test_building_the_parser_loads_no_model_library():
     (["a red circel", *SMOKE], "llmimg: error: unknown word 'circel'"),
     ([" ".join(["red"] * 40), *SMOKE], "llmimg: error: the prompt has 42 tokens"),
     (["un cercle rouge é", *SMOKE], "llmimg: error: unknown words 'un', 'cercle', 'rouge', 'é'"),
+    (["a red circle\udcff", *SMOKE], "llmimg: error: the prompt is not valid text: at position 12 it has the "
+     "byte 0xff"),
     (["a red circle", *SMOKE, "--no-llm", "--batch", "2", "--guidance", "1"], None),  # control: this one works
 ])
 def test_bad_prompts_are_one_line_errors_and_write_nothing(workdir, capsys, args, message):
@@ -135,11 +137,11 @@ def test_bad_prompts_are_one_line_errors_and_write_nothing(workdir, capsys, args
     (["--profile", "huge"], "argument --profile: invalid choice: 'huge'"),
     (["--pipeline", "somewhere"], "argument --pipeline: not allowed with argument --profile"),
 ])
-def test_bad_options_are_usage_errors(workdir, capsys, args, message):
+def test_bad_options_are_one_line_usage_errors(workdir, capsys, args, message):
     assert run("a red circle", *SMOKE, *args, "-o", "pic.png") == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: llmimg generate") and "Traceback" not in err
-    assert err.splitlines()[-1].startswith(f"llmimg generate: error: {message}")  # argparse's usage error
+    assert len(err.splitlines()) == 1 and err.startswith(f"llmimg generate: error: {message}")
+    assert err.rstrip().endswith("(see 'llmimg generate --help')")
     assert list(workdir.iterdir()) == []
 
 
@@ -160,6 +162,32 @@ def test_bad_output_files_are_refused_before_loading_anything(workdir, capsys, m
     assert run("a red circle", *SMOKE, "-o", output) == 1
     assert capsys.readouterr().err == message + "\n"
     assert [p.name for p in workdir.iterdir()] == ["folder.png"] and not any((workdir / "folder.png").iterdir())
+
+
+def test_an_unwritable_output_folder_is_refused_before_loading_anything(workdir, capsys, monkeypatch):
+    from llmimg import pipeline
+
+    monkeypatch.setattr(pipeline, "get", lambda *a, **k: pytest.fail("the models should not be loaded"))
+    folder = workdir / "locked"
+    folder.mkdir()
+    real = __import__("tempfile").TemporaryFile
+
+    def refuse(*args, dir=None, **kwargs):  # what a read-only mount does; root ignores permission bits
+        if dir == folder:
+            raise PermissionError(13, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+    monkeypatch.setattr("tempfile.TemporaryFile", refuse)
+    assert run("a red circle", *SMOKE, "-o", str(folder / "pic.png")) == 1
+    assert capsys.readouterr().err == (f"llmimg: error: cannot write into the folder {str(folder)!r} of the output "
+                                       "file: Permission denied\n")
+
+
+def test_bytes_that_are_not_utf8_on_the_command_line_are_a_one_line_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "llmimg", "generate", b"a red circle\xff", "-o", "pic.png"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 1 and result.stderr == (
+        "llmimg: error: the prompt is not valid text: at position 12 it has the byte 0xff, which is not UTF-8 text\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_pipeline_folder(workdir, capsys):

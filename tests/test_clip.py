@@ -136,3 +136,119 @@ def test_binding_loss_prefers_the_true_description():
     assert loss_right.item() == pytest.approx(np.log1p(np.exp(-20.0)), abs=1e-6)
     assert loss_wrong.item() == pytest.approx(20.0, abs=1e-4)
     assert C.binding_loss(img, img, -img, scale, torch.zeros(4, dtype=torch.bool)).item() == 0.0
+
+
+# -- metrics on constructed cases ------------------------------------------------------------
+def rate(right: int, n: int):
+    """``right / n`` up to float32 rounding (the metrics average in float32); one item more or less is 1/n off."""
+    return pytest.approx(right / n, abs=1e-6)
+
+
+class TableClip:
+    """A CLIP stand-in that returns the embeddings it was given, row ``i`` for item ``i``, and records its inputs."""
+
+    def __init__(self, texts: torch.Tensor, images: torch.Tensor) -> None:
+        self.text_rows, self.image_rows = texts, images
+        self.texts, self.images = [], []
+
+    def encode_text(self, texts, check=True, normalize=True):
+        self.texts.extend(texts)
+        assert len(texts) == len(self.text_rows)
+        return self.text_rows
+
+    def encode_image(self, images, normalize=True):
+        self.images.extend(images)
+        assert len(images) == len(self.image_rows)
+        return self.image_rows
+
+
+class AttributeClip:
+    """A CLIP stand-in that reads exactly (the parser for texts, the judge for images) and embeds what it read.
+
+    A scene is the unit-length sum of one-hot vectors, one per stated attribute of each
+    object: ``(attribute, value)`` (a bag of words: it cannot tell which object has which
+    colour) or, with ``binds``, ``(position, attribute, value)`` (each value bound to its
+    object). ``sees`` changes each object the judge reads before it is embedded, to make
+    a CLIP that is wrong in a known way.
+    """
+
+    def __init__(self, binds: bool = False, sees=lambda obj: obj) -> None:
+        from llmimg.data import ATTRIBUTES, POSITIONS
+
+        self.binds, self.sees = binds, sees
+        keys = [(name, value) for name, values in ATTRIBUTES.items() for value in values]
+        if binds:
+            keys = [(where, *key) for where in POSITIONS for key in keys]
+        self.index = {key: i for i, key in enumerate(keys)}
+
+    def _embed(self, objects) -> torch.Tensor:
+        v = torch.zeros(len(self.index))
+        for obj in objects:
+            for name in ("shape", "colour", "size", "position"):
+                if getattr(obj, name) is not None:
+                    key = (name, getattr(obj, name))
+                    v[self.index[(obj.position, *key) if self.binds else key]] += 1
+        return v / v.norm()
+
+    def encode_text(self, texts, check=True, normalize=True):
+        from llmimg.data import parse_prompt
+
+        return torch.stack([self._embed(parse_prompt(t)) for t in texts])
+
+    def encode_image(self, images, normalize=True):
+        from llmimg.evaluation import judge_images
+
+        return torch.stack([self._embed([self.sees(o) for o in j.objects]) for j in judge_images(images)])
+
+
+def test_retrieval_scores_a_constructed_similarity_matrix():
+    """Texts are one-hot; image j's embedding is column j of the similarity matrix S, so text · image = S.
+
+    Block 1 (candidates 0, 1): text 1 is closest to image 0 (wrong), but both images are
+    closest to their own text. Block 2 is the identity, and text 2 is far closer to
+    image 1 of the *other* block, which must not count. So text→image is 3/4 and
+    image→text 4/4; the fifth sample does not fill a block of 2 and is left out.
+    """
+    S = torch.tensor([[1.0, 0.5, 0.0, 0.0],
+                      [0.9, 0.8, 0.0, 0.0],
+                      [0.0, 5.0, 1.0, 0.0],
+                      [0.0, 0.0, 0.0, 1.0]])
+    fake = TableClip(torch.eye(4), S.T.contiguous())
+    scores = C.retrieval(fake, n=5, candidates=2)
+    assert scores == {"text_to_image_top1": 0.75, "image_to_text_top1": 1.0}
+    # it embedded the first 4 val samples, text k the description of image k, all different
+    samples = list(ShapesWorld(seed=0).samples(4, "val"))
+    assert fake.texts == [s.description for s in samples] and len(set(fake.texts)) == 4
+    assert all(np.array_equal(a, s.image) for a, s in zip(fake.images, samples))
+
+
+def test_retrieval_and_binding_of_a_clip_that_reads_exactly_are_perfect():
+    exact = AttributeClip(binds=True)  # a scene's embedding names every object's every attribute
+    for split in ("val", "heldout"):
+        assert C.retrieval(exact, n=40, candidates=20, split=split) == {"text_to_image_top1": 1.0,
+                                                                         "image_to_text_top1": 1.0}
+    assert C.binding_accuracy(exact, n=60) == 1.0
+
+
+def test_binding_accuracy_of_a_bag_of_words_is_the_share_of_negatives_that_change_the_words():
+    """A bag of words ties a description with its hard negative when two objects swap a value (a tie is
+    not a win), and beats it when one object's value changes: a single object, or two alike but for
+    their position. So its binding accuracy is exactly the share of such scenes."""
+    n = 60
+    scenes = [s.scene for s in ShapesWorld(seed=0).samples(n, "val")]
+    alike = sum(len(s) == 1 or len({(o.shape, o.colour, o.size) for o in s}) == 1 for s in scenes)
+    assert 0 < alike < n
+    assert C.binding_accuracy(AttributeClip(binds=False), n=n) == rate(alike, n)
+
+
+def test_zero_shot_of_an_exact_reader_is_perfect_and_of_a_red_blind_one_misses_exactly_the_red():
+    from dataclasses import replace
+
+    n = 60
+    assert C.zero_shot(AttributeClip(), n=n) == {"shape": 1.0, "colour": 1.0, "size": 1.0, "position": 1.0}
+    objects = [s.scene.objects[0] for s in ShapesWorld(seed=0, max_objects=1).samples(n, "val")]
+    red = sum(o.colour == "red" for o in objects)
+    assert 0 < red < n
+    red_blind = AttributeClip(sees=lambda o: replace(o, colour="orange") if o.colour == "red" else o)
+    assert C.zero_shot(red_blind, n=n) == {"shape": 1.0, "colour": rate(n - red, n), "size": 1.0,
+                                             "position": 1.0}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,8 +12,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmimg import llm as L
 from llmimg.checkpoints import CheckpointError
-from llmimg.data import ShapesWorld, complete_prompt, describe, parse_description
-from llmimg.text import UnknownWordsError, encode
+from llmimg.data import SHAPES, Scene, ShapesWorld, complete_prompt, describe, parse_description, parse_prompt
+from llmimg.evaluation import judge_images, standard_error
+from llmimg.text import EOS_ID, PAD_ID, UnknownWordsError, encode
 
 
 def test_loss_counts_only_description_tokens(smoke_llm):
@@ -196,3 +198,167 @@ def test_upsampler_redraws_only_unfaithful_descriptions(smoke_llm, monkeypatch):
     assert len(calls) == 1  # greedy is deterministic: drawn once
     with pytest.raises(ValueError, match="max_tries"):
         smoke_llm.upsample_from(z, prompts, max_tries=0)
+
+
+# -- what the decoding options do, checked against the model's own probabilities -------------------
+PROMPTS = [s.prompt for s in ShapesWorld(seed=3).samples(6, "val")]
+
+
+def _inputs(llm, prompts):
+    return llm.clip.encode_text(prompts), llm.context(prompts=prompts)
+
+
+def _start(llm, prompts):
+    """What generation starts from: prefix, prompt tokens and <bos>, with their mask."""
+    z, context = _inputs(llm, prompts)
+    return llm.lm.prefix_embeds(z, torch.full((len(z),), L.TASKS.index("upsample")), context)
+
+
+@torch.no_grad()
+def next_token_logprobs(llm, prompts, new_ids):
+    """log p(next token) (B, T + 1, V) before each of the new tokens ``new_ids`` (B, T) and after the last."""
+    start, mask = _start(llm, prompts)
+    embeds = torch.cat([start, llm.lm.gpt2.get_input_embeddings()(new_ids)], dim=1)
+    mask = torch.cat([mask, torch.ones_like(new_ids)], dim=1)
+    logits = llm.lm.gpt2(inputs_embeds=embeds, attention_mask=mask, position_ids=L.positions(mask)).logits
+    return torch.log_softmax(logits[:, start.shape[1] - 1:], dim=-1)
+
+
+@pytest.fixture
+def generated_ids(monkeypatch):
+    """The token ids each ``generate`` call produced, before decoding (a list, one (B, T) tensor per call)."""
+    calls = []
+    real = L.decode
+
+    def spy(tokenizer, ids):
+        calls.append(ids.clone())
+        return real(tokenizer, ids)
+    monkeypatch.setattr(L, "decode", spy)
+    return calls
+
+
+def test_top_k_1_and_a_cold_temperature_sample_the_greedy_sequence(smoke_llm):
+    z, context = _inputs(smoke_llm, PROMPTS)
+    greedy = smoke_llm.generate(z, "upsample", context=context, do_sample=False)
+    assert smoke_llm.generate(z, "upsample", context=context, top_k=1, seed=3) == greedy
+    assert smoke_llm.generate(z, "upsample", context=context, temperature=1e-3, seed=3) == greedy
+    sampled = smoke_llm.generate(z, "upsample", context=context, seed=3)
+    assert sampled != greedy  # at temperature 1 without top-k this model's samples do differ from greedy
+    assert smoke_llm.generate(z, "upsample", context=context, seed=3) == sampled  # same seed, same sample
+    assert smoke_llm.generate(z, "upsample", context=context, seed=4) != sampled
+
+
+def test_top_k_samples_only_among_the_k_likeliest_tokens(smoke_llm, generated_ids):
+    """At a hot temperature, top_k=2 keeps every token among the model's two likeliest; without it, not."""
+    z, context = _inputs(smoke_llm, PROMPTS)
+    outside = {}
+    for top_k in (2, None):
+        smoke_llm.generate(z, "upsample", context=context, temperature=5.0, top_k=top_k, seed=1, max_new_tokens=16)
+        ids = generated_ids[-1]
+        top2 = next_token_logprobs(smoke_llm, PROMPTS, ids[:, :-1]).topk(2, dim=-1).indices  # before each token
+        in_top2 = (top2 == ids[..., None]).any(-1)
+        produced = (ids == EOS_ID).long().cumsum(1) - (ids == EOS_ID).long() == 0  # up to and with the first <eos>
+        assert produced.sum() > 3 * len(PROMPTS)
+        outside[top_k] = int((produced & ~in_top2).sum())
+    assert outside[2] == 0 and outside[None] > 0
+
+
+def _best_sequence(llm, prompt, length):
+    """The exact maximiser of the beam score (mean log-probability per token, transformers' default length
+    penalty) over every sequence of at most ``length`` new tokens, by enumeration; and all scores."""
+    vocab = llm.lm.gpt2.config.vocab_size
+    prefixes, total, scores = torch.zeros(1, 0, dtype=torch.long), torch.zeros(1), {}
+    for step in range(1, length + 1):
+        logp = next_token_logprobs(llm, [prompt] * len(prefixes), prefixes)[:, -1] + total[:, None]
+        for prefix, value in zip(prefixes.tolist(), logp[:, EOS_ID].tolist()):
+            scores[(*prefix, EOS_ID)] = value / step  # a finished sequence: <eos> counts as a token
+        go_on = torch.tensor([t for t in range(vocab) if t != EOS_ID])
+        prefixes = torch.cat([prefixes.repeat_interleave(len(go_on), 0), go_on.repeat(len(prefixes))[:, None]], 1)
+        total = logp[:, go_on].reshape(-1)
+    scores.update({tuple(p): value / length for p, value in zip(prefixes.tolist(), total.tolist())})
+    return max(scores, key=scores.get), scores
+
+
+def test_beam_search_with_a_beam_for_every_sequence_finds_the_best_one(smoke_llm, generated_ids):
+    """With vocab² beams, three tokens of beam search see every sequence: it must return the best-scoring
+    one, which greedy decoding does not find here. (With a few beams, beam search is a heuristic: on this
+    barely trained model 4 beams often score below greedy, so that is no property to test.)"""
+    vocab = smoke_llm.lm.gpt2.config.vocab_size
+    for prompt in PROMPTS[:2]:
+        z, context = _inputs(smoke_llm, [prompt])
+        smoke_llm.generate(z, "upsample", context=context, do_sample=False, num_beams=vocab * vocab, max_new_tokens=3)
+        smoke_llm.generate(z, "upsample", context=context, do_sample=False, max_new_tokens=3)
+        beam, greedy = (tuple(t for t in ids[0].tolist() if t != PAD_ID) for ids in generated_ids[-2:])
+        best, scores = _best_sequence(smoke_llm, prompt, 3)
+        assert beam == best
+        assert scores[greedy] < scores[best]
+
+
+# -- evaluate on a constructed LLM --------------------------------------------------------------
+def _misdrawn(stated) -> bool:
+    """Whether the scripted model's first draw for a prompt stating these objects contradicts it."""
+    return len(stated) == 2 and stated[0].colour is not None
+
+
+class ScriptedLLM:
+    """Stands in for a ShapesLLM in :func:`L.evaluate`, right and wrong by construction.
+
+    Upsampling writes the oracle's faithful description of every prompt, except that the
+    model's first draw (``max_tries=1``) of a two-object prompt that states its first
+    object's colour (:func:`_misdrawn`) gives that object a shape the prompt does not name
+    (valid, unfaithful), which the checker redraws once.
+    Captioning reads the image exactly but describes only its first object: right for
+    one-object images, valid and wrong for two-object ones.
+    """
+
+    def __init__(self) -> None:
+        self.prompts, self.captioned = [], []
+
+    def upsample(self, prompts, *, seed=None, max_tries=L.MAX_TRIES, return_draws=False):
+        rng = np.random.default_rng(seed)
+        out, draws = [], []
+        for prompt in prompts:
+            stated = parse_prompt(prompt)
+            scene = complete_prompt(prompt, rng)
+            if _misdrawn(stated) and max_tries == 1:
+                other = next(s for s in SHAPES if s not in {o.shape for o in stated})
+                scene = Scene((replace(scene.objects[0], shape=other), *scene.objects[1:]))
+            out.append(describe(scene))
+            draws.append(2 if _misdrawn(stated) and max_tries > 1 else 1)
+        if max_tries == 1:
+            self.prompts.extend(prompts)
+        return (out, draws) if return_draws else out
+
+    def caption(self, images):
+        judged = judge_images(images)
+        self.captioned.append([len(j.objects) for j in judged])
+        return [describe(Scene(j.objects[:1])) for j in judged]
+
+
+def test_evaluate_scores_a_constructed_llm_exactly():
+    n = 40
+    fake = ScriptedLLM()
+    scores = L.evaluate(fake, n=n, batch_size=25)
+    stated = [parse_prompt(p) for p in fake.prompts]
+    one = sum(len(s) == 1 for s in stated)
+    two, bad = n - one, sum(map(_misdrawn, stated))
+    assert len(fake.prompts) == n and 0 < one < n and 0 < bad < two
+    assert (scores["n_one_object"], scores["n_two_objects"], scores["n"]) == (one, two, n)
+    # with the checker: every description valid and faithful, two draws for each misdrawn prompt
+    for key in ("valid_rate", "faithfulness", "faithfulness_one_object", "faithfulness_two_objects",
+                "model_valid_rate", "model_faithfulness_one_object"):
+        assert scores[key] == 1.0, key
+        assert scores[f"{key}_se"] == 0.0, key
+    assert scores["upsample_draws"] == pytest.approx((n + bad) / n)
+    # the model's first draws: all valid, the misdrawn two-object ones unfaithful
+    assert scores["model_faithfulness"] == pytest.approx((n - bad) / n)
+    assert scores["model_faithfulness_se"] == pytest.approx(standard_error((n - bad) / n, n))
+    assert scores["model_faithfulness_two_objects"] == pytest.approx((two - bad) / two)
+    assert scores["model_faithfulness_two_objects_se"] == pytest.approx(standard_error((two - bad) / two, two))
+    # captions: val images (two batches), then heldout ones; only the one-object images are described right
+    val, heldout = sum(fake.captioned[:2], []), sum(fake.captioned[2:], [])
+    assert len(val) == len(heldout) == n and val.count(1) == one
+    assert scores["caption_valid_rate"] == 1.0
+    assert scores["caption_accuracy"] == pytest.approx(one / n)
+    assert scores["caption_accuracy_se"] == pytest.approx(standard_error(one / n, n))
+    assert scores["heldout_caption_accuracy"] == pytest.approx(heldout.count(1) / n)

@@ -88,3 +88,21 @@ def test_readme_lists_every_notebook():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for path in NOTEBOOKS:
         assert path.name in readme, f"README.md does not list {path.name}"
+
+
+def test_the_course_map_lists_every_notebook():
+    welcome = nbformat.read(ROOT / "notebooks" / "00_welcome.ipynb", as_version=4)
+    (course_map,) = [c.source for c in welcome.cells if c.source.startswith("## The map of the course")]
+    assert re.findall(r"^\| \*\*(\d{2}) · ", course_map, re.M) == [p.name[:2] for p in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_prose_names_only_notebooks_that_exist(path):
+    existing = {int(p.name[:2]) for p in NOTEBOOKS}
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        for match in re.finditer(r"\b[Nn]otebooks? (\d{1,2})(?:\s*[–-]\s*(\d{1,2}))?\b", cell.source):
+            for number in filter(None, match.groups()):
+                assert int(number) in existing, f"{match.group(0)!r} names a notebook that does not exist"

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmimg.checkpoints import CheckpointError
+from llmimg.data import PartialObject, ShapesWorld, format_prompt, parse_prompt
 from llmimg.data.world import COLOUR_NAMES, POSITIONS, SHAPES, SIZES
 from llmimg.generator import SCHEDULERS
 from llmimg.pipeline import DEFAULT_SCHEDULER, STAGES, ShapesPipeline
@@ -168,7 +169,7 @@ def test_saved_pipeline_draws_the_same_images(pipe, saved):
 
 def test_model_index_names_the_llmimg_classes(saved):
     index = json.loads((saved / "model_index.json").read_text())
-    assert index["_class_name"] == "ShapesPipeline"
+    assert index["_class_name"] == ["shapes_pipeline", "ShapesPipeline"]  # the code file beside it, as on the hub
     assert index["clip"] == ["llmimg.pipeline", "ClipModel"]
     assert index["prefix_mapper"] == ["llmimg.llm", "PrefixMapper"]
     assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
@@ -301,4 +302,43 @@ def test_vocabulary_text_draws_or_raises_a_prompt_error(smoke_pipeline, text):
         out = smoke_pipeline(text, num_inference_steps=1, generator=seeded(0), output_type="np")
     except PromptError:
         return
+    assert out.images.shape == (1, 32, 32, 3) and len(out.descriptions) == 1
+
+
+# -- valid prompts ------------------------------------------------------------------------------
+def _distinct_positions(objects) -> bool:
+    stated = [o.position for o in objects if o.position is not None]
+    return len(set(stated)) == len(stated)
+
+
+# Prompts in ShapesWorld's grammar: one or two objects, each a shape with any of colour, size, position.
+grammar_prompts = st.lists(
+    st.builds(PartialObject, st.sampled_from(SHAPES), st.none() | st.sampled_from(COLOUR_NAMES),
+              st.none() | st.sampled_from(SIZES), st.none() | st.sampled_from(POSITIONS)),
+    min_size=1, max_size=2).filter(_distinct_positions).map(format_prompt)
+
+
+def test_the_worlds_prompts_and_descriptions_are_accepted_as_typed(smoke_pipeline):
+    samples = list(ShapesWorld(seed=2).samples(100, "val")) + list(ShapesWorld(seed=2).samples(50, "heldout"))
+    for texts in ([s.prompt for s in samples], [s.description for s in samples]):
+        assert smoke_pipeline.check_inputs(texts, 1, 1.0) == texts
+
+
+@settings(max_examples=50)
+@given(prompt=grammar_prompts)
+def test_every_prompt_of_the_grammar_is_accepted_as_typed(smoke_pipeline, prompt):
+    assert parse_prompt(prompt)  # the strategy writes the grammar
+    assert smoke_pipeline.check_inputs(prompt, 1, 1.0) == [prompt]
+
+
+@settings(max_examples=50)
+@given(text=st.lists(st.sampled_from(WORDS), min_size=1, max_size=30).map(" ".join))
+def test_any_vocabulary_words_that_fit_the_context_are_accepted(smoke_pipeline, text):
+    assert smoke_pipeline.check_inputs(text, 1, 1.0) == [text]
+
+
+@settings(max_examples=5)
+@given(prompt=grammar_prompts)
+def test_every_prompt_of_the_grammar_draws(smoke_pipeline, prompt):
+    out = smoke_pipeline(prompt, num_inference_steps=1, generator=seeded(0), output_type="np")
     assert out.images.shape == (1, 32, 32, 3) and len(out.descriptions) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from transformers import AutoTokenizer
 
@@ -64,7 +66,8 @@ def test_save_and_load_with_transformers(tok, tmp_path):
 
 @pytest.mark.parametrize("prompt, error, words", [
     ("a magenta circle", UnknownWordsError, ["magenta"]),
-    ("a red circle, please!", UnknownWordsError, [",", "please", "!"]),
+    ("a red circle, please!", UnknownWordsError, ["please"]),
+    ("a red circle & a square", UnknownWordsError, ["&"]),
     ("a círcle", UnknownWordsError, ["círcle"]),
     ("ein roter Kreis", UnknownWordsError, ["ein", "roter", "kreis"]),
     ("", EmptyPromptError, None),
@@ -80,6 +83,24 @@ def test_bad_prompts_get_clear_errors(tok, prompt, error, words):
         for w in words:
             assert repr(w) in str(info.value)
         assert "circle" in str(info.value)  # the message lists the words that are known
+
+
+@pytest.mark.parametrize("prompt", ["a red circle!", "a red circle,", "a red circle?", "a red circle.",
+                                    "  A red circle; in the top-left...", '"a (red) circle"'])
+def test_typed_punctuation_is_read_as_a_space(tok, prompt):
+    expected = "a red circle in the top left" if "top" in prompt else "a red circle"
+    assert check_prompt(tok, prompt).lower() == expected
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ("\ud800", "at position 0 it has a lone surrogate ('\\ud800')"),
+    ("a red circle\udcff", "at position 12 it has the byte 0xff, which is not UTF-8 text"),
+])
+def test_text_that_is_not_unicode_is_a_prompt_error(tok, smoke_pipeline, prompt, message):
+    with pytest.raises(PromptError, match=re.escape(f"the prompt is not valid text: {message}")):
+        check_prompt(tok, prompt)
+    with pytest.raises(PromptError, match="not valid text"):
+        smoke_pipeline(prompt, num_inference_steps=1)
 
 
 def test_special_tokens_typed_as_words_are_unknown(tok):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -78,6 +79,84 @@ def test_interrupted_training_resumes_exactly(tmp_path):
     assert resumed.resumed_from == 17
     assert torch.allclose(resumed.model.weight, straight.weight, atol=1e-6)
     assert torch.allclose(resumed.model.bias, straight.bias, atol=1e-6)
+
+
+def dropout_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Dropout(0.3), nn.Linear(3, 1))  # dropout draws from torch's global generator
+
+
+SHORT = TrainConfig(steps=20, batch_size=16, lr=0.2, weight_decay=0.0, warmup_steps=3, checkpoint_every=5, log_every=3)
+
+
+def evaluate(step: int, model: nn.Module) -> dict[str, float] | None:
+    """An on_step that records something every 4 steps and draws random numbers, as a sampler would."""
+    return {"noise": torch.rand(()).item(), "bias": model[1].bias.item()} if step % 4 == 0 else None
+
+
+def interrupting(where: str, at: int, monkeypatch):
+    """``(batch, loss, on_step)`` for :func:`fit` that raise KeyboardInterrupt at step ``at`` in ``where``."""
+    def batch_fn(step):
+        if where == "batch" and step == at - 1:
+            raise KeyboardInterrupt
+        return batch(step)
+
+    def loss_fn(model, b):
+        value = loss(model, b)
+        if where == "loss" and model[1].weight.grad is None and batch_fn.calls == at - 1:
+            raise KeyboardInterrupt
+        batch_fn.calls += 1
+        return value
+    batch_fn.calls = 0
+
+    def on_step(step, model):
+        record = evaluate(step, model)
+        if where == "on_step" and step == at:
+            raise KeyboardInterrupt  # after the optimiser step: its weights already hold step `at`
+        return record
+
+    if where == "signal":  # a real Ctrl-C arriving while the optimiser step is being applied
+        import os
+        import signal
+
+        from llmimg import training
+        real = training.lr_factor
+
+        def lr_and_signal(step, warmup, total):
+            if step == at:
+                os.kill(os.getpid(), signal.SIGINT)
+            return real(step, warmup, total)
+        monkeypatch.setattr(training, "lr_factor", lr_and_signal)
+    return batch_fn, loss_fn, on_step
+
+
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own Ctrl-C handler, even where the tests were started with SIGINT ignored (as a background job)."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("where", ["batch", "loss", "on_step", "signal"])
+def test_resume_is_bit_identical_wherever_the_interrupt_lands(where, tmp_path, monkeypatch, python_ctrl_c):
+    straight = fit(dropout_model(), batch, loss, SHORT, progress=False, on_step=evaluate)
+    batch_fn, loss_fn, on_step = interrupting(where, 13, monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        fit(dropout_model(), batch_fn, loss_fn, SHORT, work_dir=tmp_path, progress=False, on_step=on_step)
+    monkeypatch.undo()
+    resumed = fit(dropout_model(), batch, loss, SHORT, work_dir=tmp_path, progress=False, on_step=evaluate)
+    assert resumed.resumed_from == (12 if where in ("batch", "loss") else 13)
+    for a, b in zip(resumed.model.parameters(), straight.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert resumed.history == straight.history  # losses since the last log entry were kept too
+
+    def without_times(evaluations):
+        return [{k: v for k, v in e.items() if k != "train_seconds"} for e in evaluations]
+    assert without_times(resumed.evaluations) == without_times(straight.evaluations)
+    assert [e["step"] for e in resumed.evaluations] == [4, 8, 12, 16, 20]
 
 
 def test_a_different_run_is_not_resumed(tmp_path):
@@ -205,9 +284,30 @@ def test_the_same_loop_runs_on_two_processes():
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def _train_toy_in_cache(cache: str, log: str) -> None:
+class _SetOnMessage:
+    """A stderr that sets ``event`` once ``message`` is written to it (and passes everything on)."""
+
+    def __init__(self, stream, message: str, event) -> None:
+        self.stream, self.message, self.event = stream, message, event
+
+    def write(self, text: str) -> int:
+        if self.message in text:
+            self.event.set()
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _train_toy_in_cache(cache: str, log: str, building, waiting, first: bool) -> None:
+    """Ask the cache for the toy model, logging every build.
+
+    The ``first`` process sets ``building`` from inside its build, so it holds the lock,
+    and finishes only once ``waiting`` says the second process found the lock taken.
+    The second sets ``waiting`` when the lock tells it to wait.
+    """
     import os
-    import time
+    import sys
 
     from llmimg.checkpoints import cached
 
@@ -216,22 +316,37 @@ def _train_toy_in_cache(cache: str, log: str) -> None:
     def build(out, work):
         with open(log, "a") as f:
             f.write("built\n")
-        time.sleep(1.0)
+        if first:
+            building.set()
+            seen = waiting.wait(timeout=60)
+            with open(log, "a") as f:
+                f.write("the other waited\n" if seen else "the other never waited\n")
         (out / "weights.txt").write_text("w")
 
+    if not first:
+        sys.stderr = _SetOnMessage(sys.stderr, "waiting for it to finish", waiting)
     cached("toy", {"a": 1}, build, profile="smoke")
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="no advisory file locks on Windows")
 def test_two_processes_asking_for_one_model_train_it_once(tmp_path):
+    """The second process asks while the first holds the lock, by construction (no timing): it must wait, then
+    find the model the first built instead of building its own."""
     import multiprocessing
 
     log = tmp_path / "log.txt"
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_train_toy_in_cache, args=(str(tmp_path / "cache"), str(log))) for _ in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    assert [p.exitcode for p in procs] == [0, 0]
-    assert log.read_text() == "built\n"
+    building, waiting = ctx.Event(), ctx.Event()
+    args = (str(tmp_path / "cache"), str(log), building, waiting)
+    first = ctx.Process(target=_train_toy_in_cache, args=(*args, True))
+    first.start()
+    try:
+        assert building.wait(timeout=120), "the first process never started building"
+        second = ctx.Process(target=_train_toy_in_cache, args=(*args, False))
+        second.start()
+        second.join(120)
+    finally:
+        first.join(120)
+    assert [first.exitcode, second.exitcode] == [0, 0]
+    assert log.read_text() == "built\nthe other waited\n"
     assert (tmp_path / "cache" / "smoke" / config_key("toy", {"a": 1}) / "weights.txt").is_file()

@@ -2,8 +2,9 @@
 
 The library's modules follow the data's path through the pipeline: ``data``
 (ShapesWorld), then the text, CLIP, LLM and generator stages, the pipeline, joint
-training, evaluation and profiling. ``config`` holds profiles, devices, seeding and
-the model cache; ``theory`` the toy problems of the math notebook; ``exercises`` the
+training, evaluation and profiling; ``pretrained`` runs the same pipeline on real
+pretrained models (Colab). ``config`` holds profiles, devices, seeding and the model
+cache; ``theory`` the toy problems of the math notebook; ``exercises`` the
 ``check_...`` helpers that tell a learner whether an answer is right.
 """
 

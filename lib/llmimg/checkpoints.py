@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -135,16 +136,59 @@ def cached(stage: str, config: dict[str, Any], build: Callable[[Path, Path], Non
     with _training_lock(root / f".{final.name}.lock", final.name):
         if (final / MANIFEST).is_file() and not force:
             return final  # another process trained it while we waited
-        for stale in root.glob(f".{final.name}.tmp-*"):  # left by killed runs
-            if not _alive(stale.name.rsplit("-", 1)[-1]):
-                shutil.rmtree(stale, ignore_errors=True)
+        recovered = not force and _recover(root, final)
+        clean_leftovers(root)
         work = root / f"{final.name}.partial"
-        with atomic_directory(final) as out:
-            build(out, work)
-            if not (out / MANIFEST).is_file():
-                write_manifest(out, stage, config)
+        if not recovered:
+            with atomic_directory(final) as out:
+                build(out, work)
+                if not (out / MANIFEST).is_file():
+                    write_manifest(out, stage, config)
         shutil.rmtree(work, ignore_errors=True)
     return final
+
+
+# What atomic_directory leaves when its process is killed: ``.<folder>.tmp-<pid>`` (being written)
+# and ``.<folder>.old-<pid>`` (the folder it was replacing, killed during the swap).
+_LEFTOVER = re.compile(r"^\.(?P<folder>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
+
+
+def _leftovers(root: Path) -> Iterator[tuple[Path, re.Match]]:
+    """The temporary folders in ``root`` that processes no longer running left behind."""
+    for path in root.glob(".*"):
+        match = _LEFTOVER.match(path.name)
+        if match and path.is_dir() and int(match["pid"]) != os.getpid() and not _alive(match["pid"]):
+            yield path, match
+
+
+def clean_leftovers(root: str | os.PathLike) -> list[str]:
+    """Remove from ``root`` what killed runs left behind and return their names.
+
+    A folder is removed only if the process named in it is gone, so a save or a
+    training run in progress in another process is never touched.
+    """
+    removed = []
+    for path, _ in _leftovers(Path(root)):
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path.name)
+    return removed
+
+
+def _recover(root: Path, final: Path) -> bool:
+    """Move a finished model into place if a process was killed in the middle of moving it there.
+
+    Between the two renames of :func:`atomic_directory` the new folder is complete (it
+    has its manifest) but still hidden; a model that took minutes to train is not thrown away.
+    """
+    if (final / MANIFEST).is_file():
+        return False
+    finished = sorted((match["kind"] == "old", path) for path, match in _leftovers(root)  # the new one first
+                      if match["folder"] == final.name and (path / MANIFEST).is_file())
+    if not finished:
+        return False
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(finished[0][1], final)
+    return True
 
 
 def _alive(pid: str) -> bool:

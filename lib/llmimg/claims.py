@@ -245,24 +245,22 @@ def train_transfer(kind: str, llm: llm_stage.ShapesLLM, config: gen_stage.Genera
         return base_loss(m.unet, {**b, "states": states, "mask": mask})
 
     descriptions = [s.description for s in eval_samples(n_eval, "val", seed=config.data_seed, max_objects=1)]
-    curve: list[dict[str, float]] = []
 
-    def evaluate(step: int, m: nn.Module) -> None:
+    def evaluate(step: int, m: nn.Module) -> dict[str, float] | None:
         if step not in eval_steps:
-            return
+            return None
         snapshot = copy.deepcopy(m).eval()  # ShapesGenerator freezes what it is given
         gen = gen_stage.ShapesGenerator(snapshot.unet, scheduler, snapshot.text, config)
         judged = shapes_eval(gen.generate(descriptions, num_inference_steps=num_inference_steps, check=False),
                              descriptions)
         attrs = judged.per_attribute
-        curve.append({"step": step, "all_correct": judged.all_correct,
-                      "mean_attribute": float(np.mean(list(attrs.values()))), **attrs})
+        return {"all_correct": judged.all_correct, "mean_attribute": float(np.mean(list(attrs.values()))), **attrs}
 
     batches = gen_stage.make_batch_fn(config, None, gen_stage.make_bank(config))
     result = fit(model, batches, loss, config.train, desc=f"generator on {kind}", progress=progress,
                  on_step=evaluate)
     final = gen_stage.ShapesGenerator(result.model.unet, scheduler, result.model.text, config)
-    return curve, final
+    return result.evaluations, final
 
 
 def transfer_curve(kind: str, profile: str | Profile | None = None, *, progress: bool = True,

@@ -21,7 +21,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from llmimg.atomic import atomic_write
 from llmimg.config import PROFILE_ENV, PROFILES
@@ -62,6 +62,13 @@ def _guidance(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
     return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like the CLI's other errors (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def _add_profile(command: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup, what: str) -> None:
@@ -120,8 +127,7 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from llmimg import __version__
 
-    parser = argparse.ArgumentParser(prog="llmimg", description="LLM-guided text-to-image generation, "
-                                     "from the math to joint training.")
+    parser = _Parser(prog="llmimg", description="LLM-guided text-to-image generation, from the math to joint training.")
     parser.add_argument("--version", action="version", version=f"llmimg {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -194,8 +200,23 @@ def build_parser() -> argparse.ArgumentParser:
 def _write_png(image, path: Path) -> None:
     if path.suffix.lower() != ".png":
         raise ValueError(f"the output file must end in .png, got {path.name!r}")
-    with atomic_write(path) as f:
-        image.save(f, format="PNG")
+    try:
+        with atomic_write(path) as f:
+            image.save(f, format="PNG")
+    except OSError as err:  # name the user's file, not the temporary one beside it
+        raise OSError(f"cannot write {str(path)!r}: {err.strerror or err}") from err
+
+
+def _check_writable(folder: Path) -> None:
+    """Raise if no file can be created in ``folder``, by creating one: permissions alone miss read-only mounts."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot write into the folder {str(folder)!r} of the output file: "
+                         f"{err.strerror or err}") from None
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -224,6 +245,7 @@ def _output_files(output: Path, batch: int) -> list[Path]:
         raise ValueError(f"the output file must end in .png, got {output.name!r}")
     if not output.parent.is_dir():
         raise ValueError(f"the folder {str(output.parent)!r} of the output file does not exist")
+    _check_writable(output.parent)
     files = [output] if batch == 1 else [output.with_name(f"{output.stem}-{k}{output.suffix}")
                                          for k in range(1, batch + 1)]
     for file in files:
@@ -243,6 +265,9 @@ def _load_pipeline(args: argparse.Namespace) -> ShapesPipeline:
 
 def _generate(args: argparse.Namespace) -> int:
     """``llmimg generate``: check the arguments, load the pipeline, draw every image, then write them all."""
+    from llmimg.text import check_unicode
+
+    check_unicode(args.prompt)  # the words are checked by the pipeline's own tokenizer, once it is loaded
     files = _output_files(args.output, args.batch)
     if args.seed + args.batch - 1 >= 2**63:  # torch.Generator's range
         raise ValueError(f"--seed plus --batch must stay below 2**63, got seeds up to {args.seed + args.batch - 1}")
@@ -345,12 +370,16 @@ def _train(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     model = _stage(args.stage).get(args.profile, force=args.force, progress=not args.no_progress)
-    metrics = read_manifest(model.path).get("metrics", {})
+    manifest = read_manifest(model.path)
     print(f"{args.stage} ({model.path.parent.name} profile) ready in {time.perf_counter() - t0:.0f} s: "
           f"{_shown(model.path)}")
+    metrics, source = manifest.get("metrics"), ""
+    if not metrics and manifest.get("curve"):  # the generator: the last point of its learning curve
+        metrics = manifest["curve"][-1]
+        source = f" (on {metrics['n']} one-object val descriptions)"
     if metrics:
-        print("held-out metrics: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
-                                               if isinstance(v, float)))
+        print(f"held-out metrics{source}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
+                                                         if isinstance(v, float) and k != "train_seconds"))
     return 0
 
 

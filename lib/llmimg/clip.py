@@ -385,7 +385,7 @@ def zero_shot(clip: ShapesCLIP, n: int = 500, split: str = "val", seed: int = 0)
     for attribute, values in ATTRIBUTES.items():
         predicted = (images @ _zero_shot_classes(clip, attribute).T).argmax(-1).cpu()
         truth = torch.tensor([values.index(getattr(s.scene.objects[0], attribute)) for s in samples])
-        accuracy[attribute] = float((predicted == truth).float().mean())
+        accuracy[attribute] = float((predicted == truth).double().mean())
     return accuracy
 
 
@@ -422,7 +422,7 @@ def binding_accuracy(clip: ShapesCLIP, n: int = 500, split: str = "val", seed: i
     images = clip.encode_image(np.stack([s.image for s in samples]))
     right = clip.encode_text([s.description for s in samples], check=False)
     wrong = clip.encode_text([describe(hard_negative(s.scene, rng)) for s in samples], check=False)
-    return float(((images * right).sum(-1) > (images * wrong).sum(-1)).float().mean())
+    return float(((images * right).sum(-1) > (images * wrong).sum(-1)).double().mean())
 
 
 def evaluate(clip: ShapesCLIP, n: int = 1000, seed: int = 0) -> dict[str, Any]:

@@ -29,6 +29,7 @@ scheduler) and ``generator.json`` (the :class:`GeneratorConfig` and training his
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import numbers
 import time
@@ -407,7 +408,6 @@ def train(config: GeneratorConfig, text_encoder: TextEncoder, out_dir: str | Pat
     unet = build_unet(config, text_encoder.width)
     scheduler = build_scheduler(config)
     bank = make_bank(config)
-    curve: list[dict[str, float]] = []
     on_step = None
     if config.curve_every:
         from llmimg.data import ShapesWorld
@@ -415,25 +415,23 @@ def train(config: GeneratorConfig, text_encoder: TextEncoder, out_dir: str | Pat
         samples = ShapesWorld(seed=config.data_seed, max_objects=1).samples(config.curve_n, "val")
         descriptions = [s.description for s in samples]
 
-        scoring = [0.0]  # seconds spent scoring, left out of the curve's training time
-
-        def on_step(step: int, model: torch.nn.Module) -> None:
+        def on_step(step: int, model: torch.nn.Module) -> dict[str, float] | None:
             if step % config.curve_every and step != config.train.steps:
-                return
+                return None
             from llmimg.evaluation import shapes_eval
 
-            start = time.perf_counter()
             gen = ShapesGenerator(copy.deepcopy(model), scheduler, text_encoder, config)  # it freezes what it gets
             judged = shapes_eval(gen.generate(descriptions, check=False), descriptions)
-            curve.append({"step": step, "train_seconds": start - t0 - scoring[0], "n": config.curve_n,
-                          "all_correct": judged.all_correct, "count_accuracy": judged.count_accuracy,
-                          **judged.per_attribute})
-            scoring[0] += time.perf_counter() - start
+            return {"n": config.curve_n, "all_correct": judged.all_correct, "count_accuracy": judged.count_accuracy,
+                    **judged.per_attribute}
 
+    setup = time.perf_counter() - t0  # building the bank and encoding its texts counts as training time
     result = fit(unet, make_batch_fn(config, text_encoder, bank), make_loss_fn(config, scheduler), config.train,
                  work_dir=work_dir, desc="generator", device=device, progress=progress,
                  meta={"generator": config.as_dict()}, on_step=on_step)
     seconds = time.perf_counter() - t0
+    # The curve's time axis leaves out the time spent scoring it.
+    curve = [{**point, "train_seconds": setup + point["train_seconds"]} for point in result.evaluations]
     gen = ShapesGenerator(result.model, scheduler, text_encoder, config)
     gen.save(out_dir, history=result.history, seconds=seconds, curve=curve)
     return TrainOutcome(result.history, seconds, gen, curve)
@@ -550,6 +548,10 @@ class ShapesGenerator:
         latents = randn_tensor(shape, generator=generator, device=torch.device("cpu")).to(self.device)
         latents = latents * sched.init_noise_sigma
         abar = self.scheduler.alphas_cumprod.double().numpy()
+        # DDIM clips its x0 estimate but by default steps along the noise of the unclipped one; with a guided
+        # sample prediction far outside [-1, 1] the two disagree and more steps made images worse.
+        clipped = ({"use_clipped_model_output": True}
+                   if "use_clipped_model_output" in inspect.signature(sched.step).parameters else {})
         snapshots = []
         for i, t in enumerate(tqdm(sched.timesteps, disable=not progress, desc="sampling", leave=False)):
             x_in = sched.scale_model_input(latents, t)  # variance-preserving frame for every scheduler
@@ -558,7 +560,7 @@ class ShapesGenerator:
                 a = float(np.interp(float(t), np.arange(len(abar)), abar))
                 x0 = self._x0(x_in, eps, a)
                 snapshots.append((i, float(t), x_in.cpu(), x0.cpu()))
-            latents = sched.step(eps, t, latents, generator=generator).prev_sample
+            latents = sched.step(eps, t, latents, generator=generator, **clipped).prev_sample
             if on_step is not None:
                 latents = on_step(i, t, latents)
         return latents, snapshots

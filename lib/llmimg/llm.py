@@ -22,7 +22,9 @@ The CLIP stays frozen; the GPT-2 and the mapper train together with the
 language-model loss on the description tokens. A saved LLM is a ``save_pretrained``
 GPT-2 folder (``AutoModelForCausalLM`` and ``AutoTokenizer`` load it) with the mapper
 in ``prefix_mapper/`` (a diffusers ``ModelMixin``, so ``PrefixMapper.from_pretrained``
-loads it).
+loads it). Its tokenizer is the one for transformers' text-generation pipeline
+(:func:`~llmimg.text.for_text_generation`: no ``<eos>`` after a prompt); the library
+reads texts with its CLIP's tokenizer, the one it was trained with.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from transformers.utils import logging as hf_logging
 from llmimg import clip as clip_stage
 from llmimg.checkpoints import CheckpointError, cached, read_manifest, require_folder, write_manifest
 from llmimg.config import Profile, get_profile
-from llmimg.text import BOS_ID, CONTEXT_LENGTH, EOS_ID, PAD_ID, check_prompt, decode, encode
+from llmimg.text import BOS_ID, CONTEXT_LENGTH, EOS_ID, PAD_ID, check_prompt, decode, encode, for_text_generation
 from llmimg.training import StageConfig, TrainConfig, fit
 
 # transformers reports every save and load with a progress bar and warns about settings
@@ -323,10 +325,14 @@ class ShapesLLM:
                              context=self.context(images=images), **kwargs)
 
     def save(self, path: str | Path, metrics: dict[str, Any] | None = None) -> Path:
-        """Write a ``save_pretrained`` GPT-2 folder with the tokenizer, ``prefix_mapper/`` and ``llmimg.json``."""
+        """Write a ``save_pretrained`` GPT-2 folder with ``prefix_mapper/``, ``llmimg.json`` and a tokenizer.
+
+        The tokenizer is :func:`~llmimg.text.for_text_generation`'s, so transformers'
+        text-generation pipeline continues prompts.
+        """
         path = Path(path)
         self.lm.gpt2.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
+        for_text_generation(self.tokenizer).save_pretrained(path)
         self.lm.mapper.save_pretrained(path / "prefix_mapper")
         clip_folder = self.clip.path.name if self.clip.path is not None else None
         write_manifest(path, "llm", self.config.as_dict(), clip_folder=clip_folder,
@@ -352,7 +358,7 @@ def build(config: LLMConfig, clip: clip_stage.ShapesCLIP) -> ShapesLLM:
 
 def load(path: str | Path, clip: clip_stage.ShapesCLIP | None = None) -> ShapesLLM:
     """Load an LLM saved by :meth:`ShapesLLM.save`; its CLIP comes from the cache folder beside it unless given."""
-    from transformers import AutoTokenizer, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
     path = require_folder(path, FILES, "an LLM checkpoint", RETRAIN)
     manifest = read_manifest(path)
@@ -363,7 +369,6 @@ def load(path: str | Path, clip: clip_stage.ShapesCLIP | None = None) -> ShapesL
     try:
         gpt2 = GPT2LMHeadModel.from_pretrained(path)
         mapper = PrefixMapper.from_pretrained(path / "prefix_mapper")
-        tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as err:  # safetensors, JSON and shape errors all mean a damaged folder
         raise CheckpointError(f"{path.name!r} is not a loadable LLM checkpoint ({err}); retrain it with "
                               f"`{RETRAIN}`") from err
@@ -372,7 +377,9 @@ def load(path: str | Path, clip: clip_stage.ShapesCLIP | None = None) -> ShapesL
                               f"the CLIP given has {clip.embed_dim}")
     # Models trained before the context existed read none (their manifests lack the key).
     config = LLMConfig.from_dict({"read_context": False, **manifest["config"]})
-    return ShapesLLM(ClipCapLM(gpt2, mapper), tokenizer, clip, config, path, manifest.get("history"))
+    # The folder's tokenizer is set up for text generation (no <eos> after a prompt); the
+    # library reads whole texts, <bos> words <eos>, with the CLIP's tokenizer, as in training.
+    return ShapesLLM(ClipCapLM(gpt2, mapper), clip.tokenizer, clip, config, path, manifest.get("history"))
 
 
 # -- training ------------------------------------------------------------------------

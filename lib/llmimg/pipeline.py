@@ -12,12 +12,18 @@ with ``from_config``, and calling it follows diffusers' signature
 (``num_inference_steps``, ``guidance_scale``, ``generator``, ``output_type``,
 ``callback_on_step_end``). Each call also reports how long every stage took.
 
+A saved folder also loads with diffusers' generic loader,
+``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)``, the way custom
+pipelines on the Hugging Face hub do: the folder holds a code file
+(:data:`CODE_FILE`) that ``model_index.json`` names as ``[module, class]``.
+
 The denoising loop and the LLM's decoding are the ones of :mod:`llmimg.generator` and
 :mod:`llmimg.llm`: the pipeline is a packaging of the stages, not a second copy.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +46,19 @@ STAGES = ("clip_encode", "llm_generate", "denoise", "postprocess")
 DEFAULT_STEPS = 10  # the fast setting: DPM-Solver++ at 10 steps (``make bench`` compares it with DDPM at 1000)
 DEFAULT_SCHEDULER = "dpm++"
 RETRAIN = "save it again with ShapesPipeline.save_pretrained, or rebuild it with llmimg.pipeline.get()"
+# The hub's convention for a custom pipeline: model_index.json names [module, class] and the
+# module's file lies in the folder, so DiffusionPipeline.from_pretrained can import the class.
+CODE_MODULE = "shapes_pipeline"
+CODE_FILE = f"{CODE_MODULE}.py"
+CODE = '''"""ShapesPipeline for diffusers: DiffusionPipeline.from_pretrained(folder, trust_remote_code=True).
+
+The class comes from the installed llmimg package; this file only names it.
+"""
+
+from llmimg.pipeline import ShapesPipeline
+
+__all__ = ["ShapesPipeline"]
+'''
 
 
 class ClipModel(ModelMixin, ConfigMixin):
@@ -75,7 +94,7 @@ class ShapesPipelineOutput(BaseOutput):
     timings: dict[str, float]
 
 
-class _Timer:
+class StageTimer:
     """Wall-clock milliseconds per stage; a stage timed twice adds up."""
 
     def __init__(self) -> None:
@@ -157,9 +176,31 @@ class ShapesPipeline(DiffusionPipeline):
 
     # -- saving and loading -----------------------------------------------------------
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
-        """diffusers' ``save_pretrained``, written into a temporary folder first so a crash leaves nothing half-written."""
+        """diffusers' ``save_pretrained`` plus :data:`CODE_FILE`, written into a temporary folder first.
+
+        A crash leaves nothing half-written. ``model_index.json`` names the class as
+        ``[CODE_MODULE, "ShapesPipeline"]`` so that diffusers' generic loader finds it.
+        """
         with atomic_directory(save_directory) as tmp:
             super().save_pretrained(tmp, safe_serialization=True, **kwargs)
+            (tmp / CODE_FILE).write_text(CODE)
+            index_file = tmp / "model_index.json"
+            index = json.loads(index_file.read_text())
+            index["_class_name"] = [CODE_MODULE, "ShapesPipeline"]
+            index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")  # as diffusers writes it
+
+    @classmethod
+    def load_config(cls, *args: Any, **kwargs: Any) -> Any:
+        """diffusers' ``load_config``; a folder's ``[CODE_MODULE, "ShapesPipeline"]`` reads as this class.
+
+        ``ShapesPipeline.from_pretrained`` knows the class already, so it does not run the
+        folder's code file and needs no ``trust_remote_code``.
+        """
+        loaded = super().load_config(*args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        if config.get("_class_name") == [CODE_MODULE, "ShapesPipeline"]:
+            config["_class_name"] = "ShapesPipeline"
+        return loaded
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> ShapesPipeline:
@@ -224,7 +265,7 @@ class ShapesPipeline(DiffusionPipeline):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
         if isinstance(generator, list) and len(generator) != len(prompts):
             raise ValueError(f"got {len(generator)} generators for {len(prompts)} prompts")
-        timer, text = _Timer(), gen.text_encoder
+        timer, text = StageTimer(), gen.text_encoder
         if upsample:
             first = generator[0] if isinstance(generator, list) else generator
             seed = None if first is None else int(torch.randint(2**31 - 1, (1,), generator=first))
@@ -307,5 +348,5 @@ def evaluate(pipe: ShapesPipeline, n: int = 500, *, seed: int = 0, num_inference
             "seconds": time.perf_counter() - t0}
 
 
-__all__ = ["DEFAULT_SCHEDULER", "DEFAULT_STEPS", "STAGES", "ClipModel", "ShapesPipeline", "ShapesPipelineOutput",
-           "evaluate", "get"]
+__all__ = ["CODE_FILE", "DEFAULT_SCHEDULER", "DEFAULT_STEPS", "STAGES", "ClipModel", "ShapesPipeline",
+           "ShapesPipelineOutput", "evaluate", "get"]

@@ -87,21 +87,62 @@ def train_tokenizer(texts: Iterable[str] | None = None,
     )
 
 
+def for_text_generation(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """A copy of ``tokenizer`` for transformers' ``pipeline("text-generation")``, which continues a prompt.
+
+    The library encodes finished texts, ``<bos> words <eos>``; a prompt to continue must
+    not end with ``<eos>``, so this copy encodes ``<bos> words``, as causal LMs' tokenizers
+    do. The pipeline appends the decoded new tokens to the prompt as they are, so each
+    word decodes with its leading space, as GPT-2's tokens do.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, processors
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_padding()  # transformers leaves its last call's padding and truncation on the backend
+    backend.no_truncation()
+    backend.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, BOS_ID)])
+    backend.decoder = decoders.Replace(Regex("^"), " ")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
+        model_max_length=tokenizer.model_max_length, padding_side=tokenizer.padding_side,
+    )
+
+
 def words(text: str) -> list[str]:
     """The words of ``text`` as the tokenizer splits them (lower case, punctuation apart)."""
     return re.findall(r"\w+|[^\w\s]+", text.lower())
 
 
-def check_prompt(tokenizer: PreTrainedTokenizerFast, text: str) -> str:
-    """Return ``text`` stripped if the models can take it as a prompt, else raise a :class:`PromptError`.
+# Typed punctuation the prompt checks read as spaces: "a red circle!" and "a red circle, top-left" are fine.
+IGNORED_PUNCTUATION = str.maketrans({c: " " for c in ".,;:!?\"()-"})
 
-    Raises :class:`EmptyPromptError` for no words, :class:`UnknownWordsError` naming
-    any word outside the vocabulary, and :class:`PromptTooLongError` when it needs more
-    tokens than ``tokenizer.model_max_length``.
+
+def check_unicode(text: str) -> None:
+    """Raise a :class:`PromptError` for text that is not valid Unicode: lone surrogates, undecodable bytes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        char = text[err.start]
+        # Python decodes a command line's invalid bytes to surrogates U+DC80..U+DCFF ("surrogateescape").
+        what = (f"the byte {ord(char) - 0xDC00:#04x}, which is not UTF-8 text" if 0xDC80 <= ord(char) <= 0xDCFF
+                else f"a lone surrogate ({char!a}), which is not a character")
+        raise PromptError(f"the prompt is not valid text: at position {err.start} it has {what}") from None
+
+
+def check_prompt(tokenizer: PreTrainedTokenizerFast, text: str) -> str:
+    """Return ``text`` as the models will read it if they can take it as a prompt, else raise a :class:`PromptError`.
+
+    Surrounding spaces go, and the punctuation in :data:`IGNORED_PUNCTUATION` reads as
+    a space. Raises :class:`EmptyPromptError` for no words, :class:`UnknownWordsError`
+    naming any word outside the vocabulary, :class:`PromptTooLongError` when it needs
+    more tokens than ``tokenizer.model_max_length``, and :class:`PromptError` for
+    text that is not valid Unicode (lone surrogates, undecodable bytes).
     """
     if not isinstance(text, str):
         raise PromptError(f"a prompt must be a string, got {type(text).__name__}")
-    stripped = text.strip().removesuffix(".").strip()  # a full stop ends a sentence, it is not a word
+    check_unicode(text)
+    # Punctuation as people type it carries nothing ShapesWorld's words do not: read it as a space.
+    stripped = " ".join(text.translate(IGNORED_PUNCTUATION).split())
     if not stripped:
         raise EmptyPromptError("the prompt is empty: type a few words, for example 'a red circle'")
     vocab = tokenizer.get_vocab()

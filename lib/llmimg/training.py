@@ -7,19 +7,23 @@ function and a ``loss(model, batch)`` function; :func:`fit` owns the optimiser
 progress bar with the live loss, the loss history and the checkpoints.
 
 **Resuming.** Every ``checkpoint_every`` steps, and when interrupted (Ctrl-C), the
-model, the optimiser and the history go to ``work_dir`` as safetensors and JSON,
-written atomically; a later call with the same ``work_dir`` continues from there.
-Batches are a pure function of the step, so a resumed run sees the batches an
-uninterrupted one would have.
+model, the optimiser, torch's random-number state, the history and the evaluations go
+to ``work_dir`` as safetensors and JSON, written atomically; a later call with the same
+``work_dir`` continues from there. Batches are a pure function of the step, and an
+optimiser step is applied and recorded whole (a Ctrl-C waits for it), so a resumed run
+ends bit-identical to an uninterrupted one wherever the interrupt landed.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,49 +113,118 @@ def _optimizer_from_tensors(tensors: dict[str, torch.Tensor], meta: dict) -> dic
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def _save_state(work_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                step: int, history: list[dict], meta: dict) -> None:
+def _save_state(work_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: _Progress,
+                meta: dict) -> None:
     with atomic_directory(work_dir) as tmp:
         save_tensors(model.state_dict(), tmp / "model.safetensors")
         opt_tensors, opt_meta = _optimizer_to_tensors(optimizer)
         save_tensors(opt_tensors, tmp / "optimizer.safetensors")
+        save_tensors(progress.rng, tmp / "rng.safetensors")
         (tmp / "optimizer.json").write_text(json.dumps(opt_meta), encoding="utf-8")
-        (tmp / TRAIN_STATE).write_text(json.dumps({"step": step, "history": history, "meta": meta}),
-                                       encoding="utf-8")
+        (tmp / TRAIN_STATE).write_text(json.dumps({**progress.as_json(), "meta": meta}), encoding="utf-8")
 
 
-def _load_state(work_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                meta: dict) -> tuple[int, list[dict]]:
+def _load_state(work_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, meta: dict) -> _Progress | None:
+    """An interrupted run's progress in ``work_dir``, its weights and optimiser loaded; ``None`` if another run's."""
     try:
         saved = json.loads((work_dir / TRAIN_STATE).read_text(encoding="utf-8"))
         if saved["meta"] != meta:
-            return 0, []  # a different run's leftovers: start over rather than mix two runs
+            return None  # a different run's leftovers: start over rather than mix two runs
         model.load_state_dict(load_tensors(work_dir / "model.safetensors"))
         opt_meta = json.loads((work_dir / "optimizer.json").read_text(encoding="utf-8"))
         optimizer.load_state_dict(_optimizer_from_tensors(load_tensors(work_dir / "optimizer.safetensors"),
                                                           opt_meta))
+        rng = load_tensors(work_dir / "rng.safetensors")
+        return _Progress(step=int(saved["step"]), observed=int(saved["observed"]), history=saved["history"],
+                         running=saved["running"], evaluations=saved["evaluations"],
+                         train_seconds=float(saved["train_seconds"]), rng=rng)
     except (OSError, KeyError, ValueError, RuntimeError, CheckpointError) as err:
         raise CheckpointError(
             f"cannot resume from the interrupted run in {work_dir.name!r} ({err}); delete that "
             "folder to train from the start") from err
-    return int(saved["step"]), list(saved["history"])
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["cpu"])
+    cuda = [state[f"cuda{i}"] for i in range(torch.cuda.device_count()) if f"cuda{i}" in state]
+    if cuda:
+        torch.cuda.set_rng_state_all(cuda)
+
+
+@dataclass
+class _Progress:
+    """Everything a resumed run needs besides the weights and the optimiser.
+
+    ``step`` optimiser steps are applied; ``on_step`` has finished for steps up to
+    ``observed`` (``step - 1`` when an interrupt landed inside it, so it runs again on
+    resume). ``running`` holds the losses since the last history entry and ``rng`` the
+    random-number state right after step ``step`` (or after its ``on_step``), so that
+    dropout and anything else drawing from torch's generators continue as they would have.
+    """
+
+    step: int = 0
+    observed: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    running: list[float] = field(default_factory=list)
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    rng: dict[str, torch.Tensor] = field(default_factory=_rng_state)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"step": self.step, "observed": self.observed, "history": self.history, "running": self.running,
+                "evaluations": self.evaluations, "train_seconds": self.train_seconds}
+
+
+@contextmanager
+def _interrupt_deferred() -> Iterator[None]:
+    """Hold Ctrl-C back until the block ends, so that an optimiser step and its bookkeeping happen whole or not at all.
+
+    Only the main thread receives signals (and may set handlers); elsewhere the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[tuple[int, Any]] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        if callable(previous):
+            previous(*caught[0])  # the usual handler: raises KeyboardInterrupt (Jupyter's does the same)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
 
 
 @dataclass
 class TrainResult:
-    """What :func:`fit` leaves behind: the trained model (unwrapped, on the CPU) and the loss history."""
+    """What :func:`fit` leaves behind: the trained model (unwrapped, on the CPU), its loss history and evaluations.
+
+    ``evaluations`` are the dicts ``on_step`` returned, each with its ``step`` and the
+    ``train_seconds`` spent in optimiser steps until then (evaluating is not counted);
+    ``seconds`` is that time for the whole run, resumed parts included.
+    """
 
     model: nn.Module
     history: list[dict[str, float]]
     resumed_from: int
     seconds: float
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
 
 
 def fit(model: nn.Module, batch: Callable[[int], dict[str, Any]],
         loss: Callable[[nn.Module, dict[str, Any]], torch.Tensor], config: TrainConfig, *,
         work_dir: str | Path | None = None, desc: str = "training", device: str | torch.device | None = None,
         progress: bool = True, meta: dict | None = None,
-        on_step: Callable[[int, nn.Module], None] | None = None) -> TrainResult:
+        on_step: Callable[[int, nn.Module], dict[str, Any] | None] | None = None) -> TrainResult:
     """Train ``model`` for ``config.steps`` optimiser steps and return it with its history.
 
     ``batch(i)`` returns the ``i``-th batch as a dict of CPU tensors (and anything
@@ -160,7 +233,11 @@ def fit(model: nn.Module, batch: Callable[[int], dict[str, Any]],
     stage's configuration) is stored with checkpoints; a checkpoint whose ``meta``
     differs is not resumed. Without ``work_dir`` nothing is written. ``on_step(n, model)``
     runs after optimiser step ``n`` (1-based) on the main process, e.g. to evaluate the
-    model along the way (it should leave the model in training mode).
+    model along the way (it should leave the model in training mode); what it returns,
+    if not ``None``, is kept in :attr:`TrainResult.evaluations` and survives a resume.
+
+    An interrupted run (Ctrl-C anywhere, even inside ``on_step``) that is resumed ends
+    bit-identical to an uninterrupted one, with the same history and evaluations.
     """
     from tqdm.auto import tqdm
 
@@ -173,9 +250,13 @@ def fit(model: nn.Module, batch: Callable[[int], dict[str, Any]],
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
     work_dir = Path(work_dir) if work_dir is not None else None
-    start, history = 0, []
+    state = None
     if work_dir is not None and (work_dir / TRAIN_STATE).is_file():
-        start, history = _load_state(work_dir, model, optimizer, meta)
+        state = _load_state(work_dir, model, optimizer, meta)
+    if state is None:
+        state = _Progress()
+    _set_rng_state(state.rng)
+    start = state.step
     for group in optimizer.param_groups:
         group["initial_lr"] = config.lr
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -187,15 +268,28 @@ def fit(model: nn.Module, batch: Callable[[int], dict[str, Any]],
         return {k: v.to(accelerator.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                 for k, v in b.items()}
 
-    def checkpoint(step: int) -> None:
+    def checkpoint() -> None:
         if work_dir is not None and accelerator.is_main_process:
-            _save_state(work_dir, accelerator.unwrap_model(model), optimizer, step, history, meta)
+            _save_state(work_dir, accelerator.unwrap_model(model), optimizer, state, meta)
+
+    def observe() -> None:
+        """Run ``on_step`` for the last step applied, once."""
+        record = None
+        if on_step is not None and accelerator.is_main_process and state.observed < state.step:
+            record = on_step(state.step, accelerator.unwrap_model(model))
+        with _interrupt_deferred():
+            if record is not None:
+                state.evaluations.append({"step": state.step, "train_seconds": state.train_seconds, **record})
+            state.observed, state.rng = state.step, _rng_state()
 
     bar = tqdm(total=config.steps, initial=start, desc=desc, unit="step", dynamic_ncols=True,
                disable=not (progress and accelerator.is_local_main_process))
-    t0, step, running = time.perf_counter(), start, []
+    if state.running:
+        bar.set_postfix(loss=f"{sum(state.running) / len(state.running):.4f}")
     try:
+        observe()  # an interrupt inside on_step left it unfinished for the step it was given
         for step in range(start, config.steps):
+            t0 = time.perf_counter()
             b = to_device(batch(step * accelerator.num_processes + accelerator.process_index))
             with accelerator.autocast():
                 value = loss(model, b)
@@ -205,25 +299,29 @@ def fit(model: nn.Module, batch: Callable[[int], dict[str, Any]],
             accelerator.backward(value)
             if config.grad_clip:
                 accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            running.append(value.item())
-            if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-                mean = sum(running) / len(running)
-                history.append({"step": step + 1, "loss": mean, "lr": scheduler.get_last_lr()[0]})
-                bar.set_postfix(loss=f"{mean:.4f}")
-                running = []
+            # From here to the end of the block the step is applied and recorded whole: a Ctrl-C
+            # waits, so the saved state is never "weights of step n labelled n - 1".
+            with _interrupt_deferred():
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.running.append(value.item())
+                if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+                    mean = sum(state.running) / len(state.running)
+                    state.history.append({"step": step + 1, "loss": mean, "lr": scheduler.get_last_lr()[0]})
+                    bar.set_postfix(loss=f"{mean:.4f}")
+                    state.running = []
+                state.train_seconds += time.perf_counter() - t0
+                state.step, state.rng = step + 1, _rng_state()
             bar.update(1)
-            if on_step is not None and accelerator.is_main_process:
-                on_step(step + 1, accelerator.unwrap_model(model))
-            if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
-                checkpoint(step + 1)
+            observe()
+            if state.step % config.checkpoint_every == 0 and state.step < config.steps:
+                checkpoint()
     except KeyboardInterrupt:
-        checkpoint(step)  # the step in flight is lost, everything before it is kept
+        checkpoint()  # everything applied so far is kept; an unfinished step is lost whole
         raise
     finally:
         bar.close()
     trained = accelerator.unwrap_model(model).to("cpu").eval()
     accelerator.free_memory()
-    return TrainResult(trained, history, start, time.perf_counter() - t0)
+    return TrainResult(trained, state.history, start, state.train_seconds, state.evaluations)

@@ -1,0 +1,72 @@
+"""Checks for notebook 09 (pretrained models): CLIP re-ranking, CLIPScore, and where the time goes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from llmimg.exercises.feedback import NO_ANSWER, Feedback, check_number, is_unanswered
+
+__all__ = ["check_clip_score", "check_denoise_share", "check_rerank"]
+
+
+def check_rerank(answer: Any, n_cases: int = 20, seed: int = 0) -> Feedback:
+    """Does the learner's ``rerank(z_prompt, z_candidates) -> int`` pick the candidate nearest the prompt?
+
+    It is called on ``n_cases`` random cases: ``z_prompt`` a ``(D,)`` array, ``z_candidates``
+    an ``(n, D)`` array, neither of unit length (so a plain dot product is not enough).
+    """
+    if is_unanswered(answer):
+        return Feedback(False, NO_ANSWER)
+    if not callable(answer):
+        return Feedback(False, f"the answer should be your function `rerank`, got {type(answer).__name__}")
+    rng = np.random.default_rng(seed)
+    for case in range(n_cases):
+        n, d = int(rng.integers(2, 7)), int(rng.integers(3, 9))
+        z_prompt = rng.normal(size=d)
+        z_candidates = rng.normal(size=(n, d)) * rng.uniform(0.2, 5.0, size=(n, 1))  # lengths differ a lot
+        cosine = z_candidates @ z_prompt / (np.linalg.norm(z_candidates, axis=1) * np.linalg.norm(z_prompt))
+        try:
+            result = answer(z_prompt.copy(), z_candidates.copy())
+        except Exception as err:  # the learner's code: any error is feedback, not a crash
+            return Feedback(False, f"`rerank` raised {type(err).__name__}: {err}")
+        if is_unanswered(result):  # the exercise's body is still `...`
+            return Feedback(False, NO_ANSWER)
+        chosen = _index(result)
+        if chosen is None:
+            return Feedback(False, "`rerank` should return one whole number: the index of the chosen candidate")
+        if chosen != int(cosine.argmax()):
+            hint = (" (it has the largest dot product: the vectors are not unit length, divide by their norms)"
+                    if chosen == int((z_candidates @ z_prompt).argmax()) else "")
+            return Feedback(False, f"in case {case + 1} `rerank` chose candidate {chosen}, but candidate "
+                                   f"{int(cosine.argmax())} has the largest cosine similarity{hint}")
+    return Feedback(True, f"`rerank` chose the nearest candidate in all {n_cases} cases")
+
+
+def _index(value: Any) -> int | None:
+    try:
+        array = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value)
+    except (TypeError, ValueError):
+        return None
+    if array.shape != () or not np.issubdtype(array.dtype, np.integer):
+        return None
+    return int(array)
+
+
+def check_clip_score(cosine: float, answer: Any) -> Feedback:
+    """CLIPScore of an image and a text whose CLIP features have cosine similarity ``cosine``."""
+    if not -1 <= cosine <= 1:
+        raise ValueError(f"a cosine similarity lies in [-1, 1], got {cosine}")
+    return check_number(answer, 100 * max(cosine, 0.0), what="CLIPScore",
+                        hint="CLIPScore is 100 times the cosine similarity, and 0 when the cosine is negative")
+
+
+def check_denoise_share(fixed_ms: float, ms_per_step: float, steps: int, answer: Any) -> Feedback:
+    """The share of a call's time spent denoising at ``steps`` steps (a number between 0 and 1)."""
+    if fixed_ms < 0 or ms_per_step <= 0 or steps <= 0:
+        raise ValueError("the times must be non-negative (the step's positive) and steps positive")
+    total = fixed_ms + steps * ms_per_step
+    return check_number(answer, steps * ms_per_step / total, rtol=1e-2, what="the denoising share",
+                        hint="the loop costs steps × the step's time; the rest of the call costs the same at any "
+                             "step count; divide the loop's part by the whole")
