@@ -43,3 +43,11 @@ def smoke_pipeline(smoke_llm):
     from llmimg import pipeline
 
     return pipeline.get("smoke", progress=False)
+
+
+@pytest.fixture(scope="session")
+def saved(smoke_pipeline, tmp_path_factory):
+    """The smoke pipeline saved once with ``save_pretrained``; tests that damage it work on a copy."""
+    path = tmp_path_factory.mktemp("pipelines") / "smoke-pipeline"
+    smoke_pipeline.save_pretrained(path)
+    return path

@@ -35,13 +35,6 @@ def workdir(smoke_pipeline, tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.fixture(scope="module")
-def saved(smoke_pipeline, tmp_path_factory):
-    path = tmp_path_factory.mktemp("saved") / "pipe"
-    smoke_pipeline.save_pretrained(path)
-    return path
-
-
 def test_one_image(workdir, capsys):
     assert run("a red circle", *SMOKE, "-o", "pic.png") == 0
     assert is_32px_png(workdir / "pic.png") and [p.name for p in workdir.iterdir()] == ["pic.png"]

@@ -38,14 +38,6 @@ def pipe(smoke_pipeline):
     smoke_pipeline.use_scheduler(DEFAULT_SCHEDULER)
 
 
-@pytest.fixture(scope="module")
-def saved(smoke_pipeline, tmp_path_factory):
-    """The smoke pipeline saved once with ``save_pretrained``; tests that damage it work on a copy."""
-    path = tmp_path_factory.mktemp("pipelines") / "smoke-pipeline"
-    smoke_pipeline.save_pretrained(path)
-    return path
-
-
 @pytest.fixture
 def saved_copy(saved, tmp_path):
     import shutil

@@ -49,13 +49,6 @@ def contents(folder: Path) -> dict[str, object]:
     return out
 
 
-@pytest.fixture(scope="module")
-def saved(smoke_pipeline, tmp_path_factory):
-    path = tmp_path_factory.mktemp("standard") / "pipeline"
-    smoke_pipeline.save_pretrained(path)
-    return path
-
-
 # -- the pipeline ---------------------------------------------------------------------
 def test_generic_diffusers_loader_loads_a_saved_pipeline(smoke_pipeline, saved, tmp_path):
     code = f"""

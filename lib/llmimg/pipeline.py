@@ -28,7 +28,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from diffusers import DiffusionPipeline, ModelMixin
@@ -92,6 +92,16 @@ class ShapesPipelineOutput(BaseOutput):
     images: Any
     descriptions: list[str]
     timings: dict[str, float]
+
+
+def prompt_list(prompt: str | Sequence[str]) -> list[str]:
+    """A pipeline's ``prompt`` argument as a non-empty list of strings (a ValueError or TypeError if it is not one)."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise ValueError("no prompts given: pass a prompt or a list with at least one prompt")
+    if not all(isinstance(p, str) for p in prompts):
+        raise TypeError("every prompt must be a string")
+    return prompts
 
 
 class StageTimer:
@@ -227,11 +237,7 @@ class ShapesPipeline(DiffusionPipeline):
     # -- generation -------------------------------------------------------------------
     def check_inputs(self, prompt: str | list[str], num_inference_steps: int, guidance_scale: float) -> list[str]:
         """The prompts as a checked list; bad values raise ValueError (prompts: :class:`~llmimg.text.PromptError`)."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise ValueError("no prompts given: pass a prompt or a list with at least one prompt")
-        if not all(isinstance(p, str) for p in prompts):
-            raise TypeError("every prompt must be a string")
+        prompts = prompt_list(prompt)
         gen_stage.check_sampling(num_inference_steps, guidance_scale, self.scheduler.config.num_train_timesteps)
         return [check_prompt(self.tokenizer, p) for p in prompts]
 
@@ -349,4 +355,4 @@ def evaluate(pipe: ShapesPipeline, n: int = 500, *, seed: int = 0, num_inference
 
 
 __all__ = ["CODE_FILE", "DEFAULT_SCHEDULER", "DEFAULT_STEPS", "STAGES", "ClipModel", "ShapesPipeline",
-           "ShapesPipelineOutput", "evaluate", "get"]
+           "ShapesPipelineOutput", "StageTimer", "evaluate", "get", "prompt_list"]

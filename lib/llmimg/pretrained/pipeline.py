@@ -21,7 +21,7 @@ import torch
 from diffusers.utils import BaseOutput
 
 from llmimg.generator import check_sampling
-from llmimg.pipeline import StageTimer
+from llmimg.pipeline import StageTimer, prompt_list
 from llmimg.pretrained.models import (DescriptionWriter, PretrainedCLIP, PretrainedConfig, load_clip,
                                       load_generator, load_writer, resolve_precision)
 from llmimg.text import EmptyPromptError
@@ -74,11 +74,7 @@ class PretrainedPipeline:
     def check_inputs(self, prompt: str | Sequence[str], num_inference_steps: int, guidance_scale: float) -> list[str]:
         """The prompts as a list; bad values raise ValueError (an empty prompt: :class:`~llmimg.text.EmptyPromptError`).
         """
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise ValueError("no prompts given: pass a prompt or a list with at least one prompt")
-        if not all(isinstance(p, str) for p in prompts):
-            raise TypeError("every prompt must be a string")
+        prompts = prompt_list(prompt)
         if any(not p.strip() for p in prompts):
             raise EmptyPromptError("a prompt is empty: write what the picture should show")
         check_sampling(num_inference_steps, guidance_scale, self.generator.scheduler.config.num_train_timesteps)
