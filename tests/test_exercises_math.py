@@ -84,3 +84,9 @@ def test_checks_accept_other_arguments():
     assert check_pipeline_marginal(_pipeline_marginal_by_loops(0), prompt=0)
     assert not check_pipeline_marginal([0.2, 0.2, 0.2])  # does not sum to one
     assert "sum to" in check_pipeline_marginal([0.2, 0.2, 0.2]).message
+
+
+def test_the_alpha_bar_check_answers_the_second_question_too(scheduler_arrays):
+    _, ab = scheduler_arrays
+    message = check_alpha_bar(ab[500]).message
+    assert f"√ᾱ_500 = {ab[500] ** 0.5:.3f}" in message and f"√(1 − ᾱ_500) = {(1 - ab[500]) ** 0.5:.3f}" in message

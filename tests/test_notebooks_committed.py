@@ -106,3 +106,12 @@ def test_prose_names_only_notebooks_that_exist(path):
         for match in re.finditer(r"\b[Nn]otebooks? (\d{1,2})(?:\s*[–-]\s*(\d{1,2}))?\b", cell.source):
             for number in filter(None, match.groups()):
                 assert int(number) in existing, f"{match.group(0)!r} names a notebook that does not exist"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_cell_shows_a_figure_twice(path):
+    """A helper that shows its figure and also returns it, left as a cell's last expression, shows it twice."""
+    nb = nbformat.read(path, as_version=4)
+    for number, cell in enumerate(nb.cells, start=1):
+        pngs = [o.data["image/png"] for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+        assert len(pngs) == len(set(pngs)), f"cell {number} shows the same figure twice (end the line with ';')"

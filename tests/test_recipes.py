@@ -20,6 +20,8 @@ def test_recipes_change_only_what_they_name():
     assert fast.train.batch_size == base.train.batch_size
     half = R.recipe_config("half width", "default")
     assert half.block_out_channels == (48, 96)  # and it is a valid config (channels divide into groups)
+    both = R.recipe_config("half width, learning rate 2e-3", "default")
+    assert both.block_out_channels == (48, 96) and both.train.lr == 2e-3 and both.train.steps == base.train.steps
     with pytest.raises(ValueError, match="unknown recipe 'bigger'"):
         R.recipe_config("bigger", "default")
     with pytest.raises(ValueError, match="steps must be positive"):

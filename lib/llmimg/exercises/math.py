@@ -27,11 +27,15 @@ __all__ = [
 def check_alpha_bar(answer: Any, t: int = 500) -> Feedback:
     """ᾱ_t of the default DDPM schedule (linear β from 1e-4 to 0.02, 1000 steps, 0-indexed t)."""
     expected = float(diffusion.alpha_bars(diffusion.linear_betas())[t])
-    return check_number(
+    feedback = check_number(
         answer, expected, rtol=1e-3, what=f"ᾱ_{t}",
         hint="ᾱ_t is the product of (1 - β_s) for s = 0 .. t (t + 1 factors), with "
              "β = np.linspace(1e-4, 0.02, 1000).",
     )
+    if not feedback:
+        return feedback
+    return Feedback(True, f"{feedback.message}: the signal keeps √ᾱ_{t} = {expected ** 0.5:.3f} of its amplitude "
+                          f"at step {t}, and the noise has √(1 − ᾱ_{t}) = {(1 - expected) ** 0.5:.3f}")
 
 
 def check_infonce_limit(answer: Any, batch_size: int = 128) -> Feedback:
