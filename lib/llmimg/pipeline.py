@@ -104,6 +104,31 @@ def prompt_list(prompt: str | Sequence[str]) -> list[str]:
     return prompts
 
 
+@contextmanager
+def no_loading_bars() -> Iterator[None]:
+    """Hide transformers' and diffusers' loading bars for the block, then restore them as they were."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    enabled = [(lib, lib.is_progress_bar_enabled()) for lib in (diffusers_logging, transformers_logging)]
+    for lib, _ in enabled:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, was in enabled:
+            if was:
+                lib.enable_progress_bar()
+
+
+def check_outputs(output_type: str, generator: Any, n_prompts: int) -> None:
+    """Refuse an unknown ``output_type``, or a list of generators that is not one per prompt, before any work."""
+    if output_type not in ("pil", "np", "pt"):
+        raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+    if isinstance(generator, list) and len(generator) != n_prompts:
+        raise ValueError(f"got {len(generator)} generators for {n_prompts} prompts")
+
+
 class StageTimer:
     """Wall-clock milliseconds per stage; a stage timed twice adds up."""
 
@@ -219,18 +244,12 @@ class ShapesPipeline(DiffusionPipeline):
         if not (path / "model_index.json").is_file():
             what = "does not exist" if not path.exists() else "has no model_index.json"
             raise CheckpointError(f"the pipeline folder {path.name!r} {what}; {RETRAIN}")
-        from diffusers.utils import logging as diffusers_logging
-
-        was_enabled = diffusers_logging.is_progress_bar_enabled()
-        diffusers_logging.disable_progress_bar()  # six small components load in milliseconds: no bar needed
         try:
-            pipe = super().from_pretrained(path, local_files_only=True, **kwargs)
+            with no_loading_bars():  # six small components load in milliseconds: no bar needed
+                pipe = super().from_pretrained(path, local_files_only=True, **kwargs)
         except Exception as err:  # JSON, safetensors and shape errors all mean a damaged folder
             raise CheckpointError(f"the pipeline folder {path.name!r} is damaged ({type(err).__name__}: "
                                   f"{str(err).splitlines()[0] if str(err) else ''}); {RETRAIN}") from err
-        finally:
-            if was_enabled:
-                diffusers_logging.enable_progress_bar()
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -267,10 +286,7 @@ class ShapesPipeline(DiffusionPipeline):
         gen = self.generator_stage
         guidance_scale = gen.config.guidance_scale if guidance_scale is None else guidance_scale
         prompts = self.check_inputs(prompt, num_inference_steps, guidance_scale)
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
-        if isinstance(generator, list) and len(generator) != len(prompts):
-            raise ValueError(f"got {len(generator)} generators for {len(prompts)} prompts")
+        check_outputs(output_type, generator, len(prompts))
         timer, text = StageTimer(), gen.text_encoder
         if upsample:
             first = generator[0] if isinstance(generator, list) else generator
@@ -355,4 +371,5 @@ def evaluate(pipe: ShapesPipeline, n: int = 500, *, seed: int = 0, num_inference
 
 
 __all__ = ["CODE_FILE", "DEFAULT_SCHEDULER", "DEFAULT_STEPS", "STAGES", "ClipModel", "ShapesPipeline",
-           "ShapesPipelineOutput", "StageTimer", "evaluate", "get", "prompt_list"]
+           "ShapesPipelineOutput", "StageTimer", "check_outputs", "evaluate", "get",
+           "no_loading_bars", "prompt_list"]

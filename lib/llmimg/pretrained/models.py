@@ -157,7 +157,12 @@ def _reason(err: BaseException) -> str:
     for kind, reason in reasons:
         if any(isinstance(e, kind) for e in chain):
             return reason
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return _error_line(err)
+
+
+def _error_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 @contextmanager
@@ -171,8 +176,7 @@ def _loading(what: str, source: str, revision: str | None = None) -> Iterator[No
         yield
     except Exception as err:
         if is_local(source):
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CheckpointError(f"the folder {str(source)!r} is not a complete {what} ({first})") from None
+            raise CheckpointError(f"the folder {str(source)!r} is not a complete {what} ({_error_line(err)})") from None
         if not isinstance(err, OSError):  # huggingface_hub's and the loaders' download errors are all OSErrors
             raise
         at = f" at revision {revision[:12]}" if revision and revision != "main" else ""

@@ -21,7 +21,7 @@ import torch
 from diffusers.utils import BaseOutput
 
 from llmimg.generator import check_sampling
-from llmimg.pipeline import StageTimer, prompt_list
+from llmimg.pipeline import StageTimer, check_outputs, prompt_list
 from llmimg.pretrained.models import (DescriptionWriter, PretrainedCLIP, PretrainedConfig, load_clip,
                                       load_generator, load_writer, resolve_precision)
 from llmimg.text import EmptyPromptError
@@ -85,7 +85,8 @@ class PretrainedPipeline:
         """Let the LLM write ``num_candidates`` descriptions per prompt and CLIP pick the nearest to the prompt."""
         return self._upsample(list(prompts), num_candidates, seed, StageTimer())
 
-    def _upsample(self, prompts: list[str], num_candidates: int | None, seed: int | None, timer: StageTimer) -> Upsampled:
+    def _upsample(self, prompts: list[str], num_candidates: int | None, seed: int | None,
+                  timer: StageTimer) -> Upsampled:
         n = self.config.num_candidates if num_candidates is None else num_candidates
         with timer.stage("llm_generate"):
             candidates = self.writer.write(prompts, n, seed=seed, max_new_tokens=self.config.max_new_tokens,
@@ -117,10 +118,7 @@ class PretrainedPipeline:
         steps = self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
         guidance = self.config.guidance_scale if guidance_scale is None else guidance_scale
         prompts = self.check_inputs(prompt, steps, guidance)
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
-        if isinstance(generator, list) and len(generator) != len(prompts):
-            raise ValueError(f"got {len(generator)} generators for {len(prompts)} prompts")
+        check_outputs(output_type, generator, len(prompts))
         timer, sd = StageTimer(), self.generator
         device = sd._execution_device  # where the generator computes, with or without offloading
         descriptions = prompts

@@ -26,6 +26,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from llmimg.checkpoints import atomic_directory, save_tensors
+from llmimg.pipeline import no_loading_bars
 from llmimg.pretrained.models import PretrainedConfig
 from llmimg.pretrained.pipeline import PretrainedPipeline, load
 
@@ -39,23 +40,6 @@ CLIP_CONFIG = {  # open_clip's ViT-B-32 layout, shrunk; context length and vocab
     "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
-
-
-@contextmanager
-def _no_progress_bars() -> Iterator[None]:
-    """Hide transformers' and diffusers' progress bars: tiny models save and load in milliseconds."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    enabled = [(lib, lib.is_progress_bar_enabled()) for lib in (diffusers_logging, transformers_logging)]
-    for lib, _ in enabled:
-        lib.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for lib, was in enabled:
-            if was:
-                lib.enable_progress_bar()
 
 
 @contextmanager
@@ -178,7 +162,7 @@ def tiny_components(folder: str | os.PathLike, seed: int = 0) -> PretrainedConfi
     ``generator/``; folders already there are replaced. The config draws in 2 steps.
     """
     folder = Path(folder)
-    with _no_progress_bars():
+    with no_loading_bars():
         return PretrainedConfig(
             clip_model=str(_tiny_clip(folder / "clip", seed)), clip_pretrained=None,
             llm=str(tiny_writer(folder / "llm", "chat", seed)),
@@ -194,7 +178,7 @@ def tiny_pipeline(folder: str | os.PathLike, seed: int = 0, *,
     images noise. ``device=None`` picks the best available (see :func:`llmimg.config.get_device`).
     """
     config = tiny_components(folder, seed)
-    with _no_progress_bars():
+    with no_loading_bars():
         return load(config, device=device)
 
 
