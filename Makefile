@@ -8,11 +8,12 @@ PROFILE ?= default
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.llmimg-installed
 
-.PHONY: help venv reproduce test lab bench clean
+.PHONY: help venv reproduce test browser-deps lab bench clean
 
 help:
 	@echo "make reproduce  run every notebook on a fresh kernel (PROFILE=$(PROFILE)); each trains what it needs; writes figures/ and build/report.html"
 	@echo "make test       unit tests and every notebook under nbval at the smoke profile"
+	@echo "make browser-deps  install what tests/test_demo_browser.py needs: Debian's chromium (apt-get, as root) and playwright"
 	@echo "make lab        open JupyterLab on notebooks/ with the project's environment"
 	@echo "make bench      speed benchmarks of data loading and the pipeline (PROFILE=$(PROFILE)), JSON in build/bench.json"
 	@echo "make clean      remove build/ and figures/ (keeps .venv and the model cache)"
@@ -33,6 +34,21 @@ reproduce: $(STAMP)
 test: $(STAMP)
 	LLMIMG_PROFILE=smoke $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \
 		--nbval-cell-timeout=900 -p no:cacheprovider
+
+# What tests/test_demo_browser.py needs (without them `make test` skips it, saying why): a Chromium,
+# Debian's through apt-get when none is found, and Playwright, which drives it (it downloads no browser).
+browser-deps: $(STAMP)
+	@found=$$(for name in chromium chromium-browser google-chrome; do command -v $$name; done | head -n 1); \
+	if [ -n "$$found" ]; then \
+		echo "Chromium found: $$found"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "No Chromium found; installing Debian's: apt-get update && apt-get install -y chromium"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	else \
+		echo "No Chromium found, and it cannot be installed here (that needs root and apt-get)."; \
+		echo "Install one (Debian: sudo apt-get install chromium), or set LLMIMG_CHROMIUM to its path."; \
+	fi
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,browser]"
 
 # Containers often run as root, which JupyterLab refuses unless told.
 lab: $(STAMP)

@@ -1,7 +1,8 @@
 """The ``llmimg`` command line.
 
     llmimg --version
-    llmimg reproduce [--profile P] [--only NB ...] [--write-back]
+    llmimg reproduce [--profile P] [--only NB ... | --changed-since REV] [--write-back]
+                     [--check | --check-only] [--write-reference]
     llmimg data preview --n N --seed S [--split SPLIT] [--caption prompt|description] -o FILE.png
     llmimg generate "PROMPT" [--steps N] [--guidance G] [--scheduler NAME] [--no-llm] [--seed S]
                     [--batch B] [--profile P | --pipeline DIR] -o FILE.png [--json]
@@ -9,6 +10,7 @@
     llmimg train {clip,llm,generator} [--profile P] [--force]
     llmimg eval {clip,llm,generator,pipeline} [--profile P] [--n N] [--json]
     llmimg experiment generator-recipes [--profile P] [--only NAME ...] [--steps N] [--json]
+    llmimg experiment seed-spread [--profile P] [--seeds S ...] [--json]
 
 Errors a user can cause (bad arguments, a failing notebook, an unwritable file) end
 with a one-line message and a non-zero exit status, never a traceback.
@@ -135,7 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Run every notebook of notebooks/ in order on a fresh kernel; "
                               "write executed notebooks and build/report.html, figures to figures/.")
     _add_profile(rep, "scale of every experiment")
-    rep.add_argument("--only", nargs="+", metavar="NB", help="run only these notebooks (e.g. 02 or 01_math)")
+    which = rep.add_mutually_exclusive_group()
+    which.add_argument("--only", nargs="+", metavar="NB", help="run only these notebooks (e.g. 02 or 01_math)")
+    which.add_argument("--changed-since", metavar="REV",
+                       help="run only the notebooks a change since git revision REV touches (all of them when "
+                            "the library or the dependencies changed)")
+    checking = rep.add_mutually_exclusive_group()
+    checking.add_argument("--check", action="store_true",
+                          help="after the run, compare the numbers it recorded (build/results.json) with "
+                               "data/reference/<profile>.json; exit 1 naming what drifted")
+    checking.add_argument("--check-only", action="store_true",
+                          help="compare the last run's recorded numbers with the reference without running anything")
+    rep.add_argument("--write-reference", action="store_true",
+                     help="write data/reference/<profile>.json from this run's numbers (tolerances from their "
+                          "standard errors and the recorded seed spread)")
     rep.add_argument("--write-back", action="store_true",
                      help="write the outputs back into notebooks/ (to commit them)")
     rep.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -170,14 +185,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    experiment = commands.add_parser("experiment", help="run a recorded experiment (the generator recipe search)",
-                                     description="Train each generator recipe (the default with a few fields "
-                                     "changed) and record its ShapesEval learning curve in "
-                                     "lib/llmimg/experiments/generator-recipes-<profile>.json; notebook 05 shows it.")
-    experiment.add_argument("name", choices=("generator-recipes",))
+    experiment = commands.add_parser("experiment", help="run a recorded experiment (recipe search, seed spread)",
+                                     description="generator-recipes: train each generator recipe (the default with "
+                                     "a few fields changed) and record its ShapesEval learning curve in "
+                                     "lib/llmimg/experiments/generator-recipes-<profile>.json; notebook 05 shows it. "
+                                     "seed-spread: retrain each stage at other seeds and record its headline numbers.")
+    experiment.add_argument("name", choices=("generator-recipes", "seed-spread"),
+                            help="generator-recipes: the generator recipe search; seed-spread: each stage retrained "
+                                 "at --seeds and evaluated (recorded in lib/llmimg/experiments/seed-spread-<profile>"
+                                 ".json; the reference tolerances use it)")
     _add_profile(experiment, "model size and training length")
     experiment.add_argument("--only", nargs="+", metavar="RECIPE", help="run only these recipes (quote names "
                             "with spaces; default: all)")
+    experiment.add_argument("--seeds", nargs="+", type=_seed, default=[0, 1, 2], metavar="S",
+                            help="seed-spread: training seeds (default 0 1 2; 0 is the profile's own model)")
     experiment.add_argument("--steps", type=_positive(1_000_000), default=None,
                             help="optimiser steps for every recipe (default: the profile's)")
     experiment.add_argument("--json", action="store_true", help="print the whole record as one JSON object")
@@ -220,12 +241,38 @@ def _check_writable(folder: Path) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from llmimg.reproduce import reproduce
+    from llmimg import results, seeds
+    from llmimg.config import project_root
+    from llmimg.reproduce import changed_notebooks, discover_notebooks, reproduce
 
-    runs = reproduce(args.profile, only=args.only, write_back=args.write_back, progress=not args.no_progress)
-    total = sum(r.seconds for r in runs)
-    print(f"ran {len(runs)} notebook(s) in {total:.0f} s: executed notebooks and report.html in build/, "
-          f"{sum(len(r.figures) for r in runs)} figure(s) in figures/")
+    root = project_root()
+    only = args.only
+    if args.changed_since:
+        if root is None:
+            raise RuntimeError("--changed-since needs a source checkout (a git clone installed with pip install -e .)")
+        only = changed_notebooks(root, args.changed_since)
+        if only == []:
+            print(f"no notebook is touched by the changes since {args.changed_since}: nothing to run")
+            return 0
+        print(f"notebooks touched by the changes since {args.changed_since}: "
+              + ("all (the library or the dependencies changed)" if only is None else ", ".join(only)))
+    if not args.check_only:
+        runs = reproduce(args.profile, only=only, write_back=args.write_back, progress=not args.no_progress)
+        total = sum(r.seconds for r in runs)
+        print(f"ran {len(runs)} notebook(s) in {total:.0f} s: executed notebooks and report.html in build/, "
+              f"{sum(len(r.figures) for r in runs)} figure(s) in figures/")
+    if root is None:
+        return 0
+    if args.write_reference:
+        spread = seeds.load(args.profile)
+        ref = results.write_reference(root, args.profile, (spread or {}).get("numbers"))
+        print(f"wrote data/reference/{ref['profile']}.json: {len(ref['numbers'])} numbers"
+              + (f"; without a measured spread, not checked: {', '.join(ref['unchecked'])}" if ref["unchecked"] else ""))
+    if args.check or args.check_only:
+        stems = None if only is None else [p.stem for p in discover_notebooks(root / "notebooks", only)]
+        rows = results.check(root, args.profile, notebooks=stems)
+        print(results.format_table(rows))
+        return 0 if all(r.ok for r in rows) else 1
     return 0
 
 
@@ -402,7 +449,17 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _experiment(args: argparse.Namespace) -> int:
-    from llmimg import recipes
+    from llmimg import recipes, seeds
+
+    if args.name == "seed-spread":
+        record = seeds.run(args.profile, args.seeds, progress=not args.no_progress)
+        if args.json:
+            print(json.dumps(record))
+            return 0
+        print(f"recorded in {_shown(seeds.results_path(args.profile), where='')} ({record['minutes']} min)")
+        for name, values in record["numbers"].items():
+            print(f"  {name:>40}: " + "  ".join(f"{v:.4f}" for v in values))
+        return 0
 
     record = recipes.run(args.profile, args.only, steps=args.steps, progress=not args.no_progress)
     if args.json:

@@ -547,7 +547,9 @@ class ShapesGenerator:
         shape = (b, self.config.latent_channels, self.config.latent_size, self.config.latent_size)
         latents = randn_tensor(shape, generator=generator, device=torch.device("cpu")).to(self.device)
         latents = latents * sched.init_noise_sigma
-        abar = self.scheduler.alphas_cumprod.double().numpy()
+        # .cpu(): diffusers' add_noise moves alphas_cumprod to the samples' device, so after training on a GPU
+        # it lives there (found on an H200: the first learning-curve point crashed).
+        abar = self.scheduler.alphas_cumprod.cpu().double().numpy()
         # DDIM clips its x0 estimate but by default steps along the noise of the unclipped one; with a guided
         # sample prediction far outside [-1, 1] the two disagree and more steps made images worse.
         clipped = ({"use_clipped_model_output": True}

@@ -7,6 +7,8 @@ parameter and as ``$LLMIMG_PROFILE``). The run leaves:
 * the executed notebooks in ``build/notebooks/``,
 * every PNG they display in ``figures/<stem>_figNN.png`` (stable names),
 * one self-contained HTML report, ``build/report.html``,
+* the headline numbers the notebooks record (:func:`llmimg.results.record`) in
+  ``build/results.json``, checked against ``data/reference/<profile>.json`` in the report,
 * optionally (``write_back=True``) the outputs written back into ``notebooks/`` for
   committing, without papermill's injected cell and metadata.
 
@@ -17,8 +19,10 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import os
 import re
+import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -34,11 +38,13 @@ from tqdm.auto import tqdm
 import llmimg
 from llmimg.atomic import atomic_write
 from llmimg.config import PROFILE_ENV, get_profile, project_root
+from llmimg.results import NOTEBOOK_ENV, check, format_table, load_results
 
 __all__ = [
     "NotebookFailed",
     "NotebookRun",
     "WriteBackRefused",
+    "changed_notebooks",
     "discover_notebooks",
     "reproduce",
 ]
@@ -100,6 +106,34 @@ def discover_notebooks(notebooks_dir: Path, only: Sequence[str] | None = None) -
     return [p for p in found if p in chosen]
 
 
+# A change to these paths can change any notebook's outputs.
+RUN_ALL_PREFIXES = ("lib/", "pyproject.toml", "constraints.txt", "environment.yml", "data/reference/")
+
+
+def changed_notebooks(root: Path, since: str) -> list[str] | None:
+    """The notebooks (stems) that the changes since git revision ``since`` touch; None means all of them.
+
+    Changes are counted from the merge base of ``since`` and ``HEAD`` to the working tree,
+    so a pull request's commits and uncommitted edits both count. A change under
+    ``lib/``, to the dependencies or to the reference numbers touches every notebook.
+    """
+    root = Path(root)
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ValueError(f"git {' '.join(args)} failed: {done.stderr.strip() or done.stdout.strip()}")
+        return done.stdout
+
+    base = git("merge-base", since, "HEAD").strip()
+    paths = git("diff", "--name-only", base).splitlines() + git("ls-files", "--others", "--exclude-standard").splitlines()
+    if any(path.startswith(RUN_ALL_PREFIXES) for path in paths):
+        return None
+    stems = {Path(path).stem for path in paths
+             if path.startswith("notebooks/") and NOTEBOOK_PATTERN.match(Path(path).name)}
+    return sorted(stems)
+
+
 def reproduce(
     profile: str | None = None,
     *,
@@ -146,7 +180,7 @@ def reproduce(
             start = time.perf_counter()
             error: BaseException | None = None
             try:
-                with _environ(PROFILE_ENV, prof.name):
+                with _environ(PROFILE_ENV, prof.name), _environ(NOTEBOOK_ENV, source.stem):
                     papermill.execute_notebook(
                         str(source),
                         str(output),
@@ -326,6 +360,7 @@ def _write_report(
             body.append("<p>No figures.</p>")
         sections.append(f"<section><h2>{e(path.name)}: {e(title)}</h2>{''.join(body)}</section>")
     ok = failure is None and crash is None
+    checks = _check_section(root, profile, [r.name for r in runs]) + _published_section(root, profile)
     date = datetime.now(timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M %Z")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>llmimg reproduce report</title>
@@ -341,10 +376,49 @@ img {{ max-width: 100%; }} figure {{ margin: 1rem 0; }}
 <table><tr><th>Notebook</th><th>Title</th><th>Status</th><th>Seconds</th></tr>
 {chr(10).join(rows)}
 </table>
+{checks}
 {chr(10).join(sections)}
 </body></html>
 """
     _write_atomic(page, root / "build" / "report.html")
+
+
+def _check_section(root: Path, profile: str, ran: list[str]) -> str:
+    """The report's table of reference numbers against this run (empty without a reference file)."""
+    try:
+        rows = check(root, profile, notebooks=ran)
+    except (FileNotFoundError, ValueError) as exc:
+        return f"<p>Reference numbers not checked: {html.escape(str(exc))}</p>"
+    if not rows:
+        return ""
+    e = html.escape
+    body = "\n".join(
+        f'<tr class="{"ok" if r.ok else "failed"}"><td>{e(r.name)}</td><td>{e(r.notebook)}</td>'
+        f"<td>{r.reference:.4f}</td><td>± {r.tolerance:.4f}</td>"
+        f"<td>{'missing' if r.got is None else f'{r.got:.4f}'}</td><td>{'yes' if r.ok else 'NO'}</td></tr>"
+        for r in rows
+    )
+    verdict = e(format_table(rows).splitlines()[-1])
+    return (f"<h2>Reference numbers (data/reference/{e(profile)}.json)</h2><p>{verdict}</p>"
+            "<table><tr><th>Number</th><th>Notebook</th><th>Reference</th><th>Tolerance</th><th>This run</th>"
+            f"<th>Within</th></tr>\n{body}\n</table>")
+
+
+def _published_section(root: Path, profile: str) -> str:
+    """The report's table of published results beside this run's miniature of each."""
+    path = root / "data" / "reference" / "published.json"
+    if not path.is_file():
+        return ""
+    got = load_results(root, profile)
+    e = html.escape
+    rows = []
+    for item in json.loads(path.read_text(encoding="utf-8"))["results"]:
+        ours = ", ".join(f"{name.rsplit('.', 1)[-1]} {got[name]['value']:.3f}" if name in got else
+                         f"{name.rsplit('.', 1)[-1]} (not run)" for name in item["ours"])
+        rows.append(f"<tr><td>{e(item['result'])}</td><td>{e(item['paper'])}; {e(item['where'])}</td>"
+                    f"<td>{e(item['published'])}</td><td>{e(item['notebook'])}: {e(ours)}</td></tr>")
+    return ("<h2>Published results beside ours</h2><table><tr><th>Result</th><th>Paper, where</th>"
+            "<th>Published</th><th>Ours (this run)</th></tr>\n" + "\n".join(rows) + "\n</table>")
 
 
 def _check_committable(nb: nbformat.NotebookNode, name: str, root: Path) -> None:

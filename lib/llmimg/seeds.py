@@ -1,0 +1,102 @@
+"""The spread of the stages' headline numbers over training seeds.
+
+A reference number (:mod:`llmimg.results`) needs a tolerance, and the evaluation's
+sampling error alone understates how far a rerun may land: a model trained again from
+another seed is another model. :func:`run` trains each stage at ``seeds`` (the stage's
+own seed changes; the stages it builds on stay the profile's), evaluates it as notebooks
+03-05 do (same functions, same ``n``) and records the numbers in
+``experiments/seed-spread-<profile>.json`` inside the package, which
+:func:`llmimg.results.write_reference` reads. ``llmimg experiment seed-spread`` is the
+command line for it. Seed 0 is the profile's own model, so it costs no training.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from llmimg.atomic import atomic_write
+from llmimg.config import Profile, get_device, get_profile
+from llmimg.recipes import EXPERIMENTS_DIR
+from llmimg.results import headline
+
+__all__ = ["eval_n", "load", "results_path", "run"]
+
+
+def eval_n(stage: str, profile: str | Profile | None = None) -> int:
+    """The evaluation size notebooks 03 (clip), 04 (llm) and 05 (generator) use for their headline numbers."""
+    p = get_profile(profile)
+    return {"clip": p.pick(smoke=200, default=1000, full=2000),
+            "llm": p.pick(smoke=50, default=500, full=1000),
+            "generator": p.pick(smoke=16, default=500, full=1000)}[stage]
+
+
+def results_path(profile: str | Profile | None = None) -> Path:
+    """Where the spread of ``profile`` is recorded."""
+    return EXPERIMENTS_DIR / f"seed-spread-{get_profile(profile).name}.json"
+
+
+def load(profile: str | Profile | None = None) -> dict[str, Any] | None:
+    """The recorded spread of ``profile`` (``{"seeds", "numbers": {name: [one per seed]}, ...}``), or None."""
+    path = results_path(profile)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _stage_numbers(stage: str, seed: int, profile: Profile, progress: bool) -> dict[str, float]:
+    from llmimg import clip, generator, llm
+
+    n = eval_n(stage, profile)
+    if stage == "clip":
+        model = clip.get(profile, progress=progress, config=replace(clip.default_config(profile), seed=seed))
+        val, heldout = clip.retrieval(model, n=n), clip.retrieval(model, n=n, split="heldout")
+        metrics = {**val, "heldout_text_to_image_top1": heldout["text_to_image_top1"]}
+    elif stage == "llm":
+        model = llm.get(profile, progress=progress, config=replace(llm.default_config(profile), seed=seed))
+        metrics = llm.evaluate(model, n=n)
+    else:
+        config = generator.default_config(profile)
+        model = generator.get(profile, progress=progress, config=replace(config, train=replace(config.train, seed=seed)))
+        metrics = generator.evaluate(model, n=n)
+    return {f"{stage}.{k}": float(v) for k, v in headline(stage, metrics).items() if not k.endswith("_se")}
+
+
+def run(profile: str | Profile | None = None, seeds: Sequence[int] = (0, 1, 2), *,
+        stages: Sequence[str] = ("clip", "llm", "generator"), progress: bool = True,
+        record: bool = True) -> dict[str, Any]:
+    """Train (or load) each stage at each seed, evaluate it, and record the numbers; return the record."""
+    profile = get_profile(profile)
+    if len(set(seeds)) < 2:
+        raise ValueError(f"a spread needs at least two different seeds, got {list(seeds)}")
+    numbers: dict[str, list[float]] = {}
+    start = time.perf_counter()
+    for stage in stages:
+        for seed in seeds:
+            for name, value in _stage_numbers(stage, seed, profile, progress).items():
+                numbers.setdefault(name, []).append(value)
+    device = get_device()
+    record_ = {
+        "profile": profile.name,
+        "seeds": list(seeds),
+        "what": "each stage retrained with its own seed changed (upstream stages fixed), evaluated as in "
+                "notebooks 03-05",
+        "machine": {"device": device.type, "processor": platform.machine(),
+                    "gpu": _gpu_name() if device.type == "cuda" else None},
+        "minutes": round((time.perf_counter() - start) / 60, 1),
+        "numbers": numbers,
+    }
+    if record:
+        with atomic_write(results_path(profile), "w") as f:
+            json.dump(record_, f, indent=1)
+            f.write("\n")
+    return record_
+
+
+def _gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0)
