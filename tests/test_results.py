@@ -151,3 +151,9 @@ def test_seed_spread_retrains_a_stage_per_seed_and_feeds_the_tolerance(tmp_path,
     assert len(list((tmp_path / "smoke").glob("clip-*"))) == 2  # two models: the seed reached training
     with pytest.raises(ValueError, match="at least two different seeds"):
         seeds.run("smoke", (3, 3), record=False)
+
+
+def test_checking_outside_a_checkout_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setattr("llmimg.config.project_root", lambda: None)
+    assert cli.main(["reproduce", "--check-only"]) == 1
+    assert "need a source checkout" in capsys.readouterr().err

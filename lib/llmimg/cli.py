@@ -246,10 +246,11 @@ def _reproduce(args: argparse.Namespace) -> int:
     from llmimg.reproduce import changed_notebooks, discover_notebooks, reproduce
 
     root = project_root()
+    if root is None and (args.changed_since or args.check or args.check_only or args.write_reference):
+        raise RuntimeError("--changed-since, --check, --check-only and --write-reference need a source checkout "
+                           "(a git clone installed with pip install -e .)")
     only = args.only
     if args.changed_since:
-        if root is None:
-            raise RuntimeError("--changed-since needs a source checkout (a git clone installed with pip install -e .)")
         only = changed_notebooks(root, args.changed_since)
         if only == []:
             print(f"no notebook is touched by the changes since {args.changed_since}: nothing to run")
@@ -261,8 +262,6 @@ def _reproduce(args: argparse.Namespace) -> int:
         total = sum(r.seconds for r in runs)
         print(f"ran {len(runs)} notebook(s) in {total:.0f} s: executed notebooks and report.html in build/, "
               f"{sum(len(r.figures) for r in runs)} figure(s) in figures/")
-    if root is None:
-        return 0
     if args.write_reference:
         spread = seeds.load(args.profile)
         ref = results.write_reference(root, args.profile, (spread or {}).get("numbers"))
