@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 import llmimg
 from llmimg.atomic import atomic_write
 from llmimg.config import PROFILE_ENV, get_profile, project_root
-from llmimg.results import NOTEBOOK_ENV, check, format_table, load_results
+from llmimg.results import NOTEBOOK_ENV, check, load_results, verdict
 
 __all__ = [
     "NotebookFailed",
@@ -398,8 +398,7 @@ def _check_section(root: Path, profile: str, ran: list[str]) -> str:
         f"<td>{'missing' if r.got is None else f'{r.got:.4f}'}</td><td>{'yes' if r.ok else 'NO'}</td></tr>"
         for r in rows
     )
-    verdict = e(format_table(rows).splitlines()[-1])
-    return (f"<h2>Reference numbers (data/reference/{e(profile)}.json)</h2><p>{verdict}</p>"
+    return (f"<h2>Reference numbers (data/reference/{e(profile)}.json)</h2><p>{e(verdict(rows))}</p>"
             "<table><tr><th>Number</th><th>Notebook</th><th>Reference</th><th>Tolerance</th><th>This run</th>"
             f"<th>Within</th></tr>\n{body}\n</table>")
 

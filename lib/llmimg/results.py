@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,8 @@ from typing import Any
 from llmimg.atomic import atomic_write
 from llmimg.config import Profile, get_profile, project_root
 
-__all__ = ["HEADLINES", "NOTEBOOK_ENV", "Check", "check", "format_table", "headline", "load_reference",
-           "load_results", "record", "reference_path", "results_path", "tolerance", "write_reference"]
+__all__ = ["HEADLINES", "NOTEBOOK_ENV", "Check", "check", "eval_n", "format_table", "headline", "load_reference",
+           "load_results", "record", "reference_path", "results_path", "tolerance", "verdict", "write_reference"]
 
 NOTEBOOK_ENV = "LLMIMG_NOTEBOOK"  # set by `llmimg reproduce` to the stem of the notebook it runs
 SIGMAS = 3.0  # a reference holds the value ± this many standard deviations of a run-to-run difference
@@ -44,6 +45,16 @@ HEADLINES: dict[str, tuple[str, ...]] = {
             "heldout_caption_accuracy"),
     "generator": ("all_correct", "count_accuracy", "two_object_all_correct", "two_object_count_accuracy"),
 }
+
+
+def eval_n(stage: str, profile: str | Profile | None = None) -> int:
+    """How many examples each stage's headline numbers are measured on (notebooks 03-05 and the seed spread)."""
+    if stage not in HEADLINES:
+        raise ValueError(f"unknown stage {stage!r}; choose from: {', '.join(HEADLINES)}")
+    p = get_profile(profile)
+    return {"clip": p.pick(smoke=200, default=1000, full=2000),
+            "llm": p.pick(smoke=50, default=500, full=1000),
+            "generator": p.pick(smoke=16, default=500, full=1000)}[stage]
 
 
 def headline(stage: str, metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -139,12 +150,12 @@ def tolerance(entry: Mapping[str, Any], seed_values: Sequence[float] | None = No
     if entry.get("se") is not None:
         sds.append(float(entry["se"]))
     if entry.get("n") and 0.0 <= entry["value"] <= 1.0:
+        from llmimg.evaluation import standard_error
+
         n = int(entry["n"])
-        p = min(max(entry["value"], 1.0 / n), 1.0 - 1.0 / n)
-        sds.append(math.sqrt(p * (1.0 - p) / n))
+        sds.append(standard_error(min(max(entry["value"], 1.0 / n), 1.0 - 1.0 / n), n))
     if seed_values is not None and len(seed_values) >= 2:
-        mean = sum(seed_values) / len(seed_values)
-        sds.append(math.sqrt(sum((v - mean) ** 2 for v in seed_values) / (len(seed_values) - 1)))
+        sds.append(statistics.stdev(seed_values))
     if not sds:
         return None
     return float(f"{SIGMAS * math.sqrt(2.0) * max(sds):.3g}")
@@ -235,12 +246,15 @@ def format_table(rows: Sequence[Check]) -> str:
         got = "missing" if r.got is None else f"{r.got:.4f}"
         lines.append(f"{r.name:{width}s}  {r.reference:10.4f}  {r.tolerance:9.4f}  {got:>10s}  "
                      f"{'yes' if r.ok else 'NO'}")
+    return "\n".join([*lines, verdict(rows)])
+
+
+def verdict(rows: Sequence[Check]) -> str:
+    """One line: all numbers within tolerance, or which drifted or are missing."""
     bad = [r for r in rows if not r.ok]
     if not rows:
-        lines.append("no reference numbers apply to the notebooks run")
-    elif bad:
+        return "no reference numbers apply to the notebooks run"
+    if bad:
         names = ", ".join(f"{r.name} ({r.notebook})" if r.notebook else r.name for r in bad)
-        lines.append(f"{len(bad)} of {len(rows)} numbers drifted or are missing: {names}")
-    else:
-        lines.append(f"all {len(rows)} numbers within tolerance")
-    return "\n".join(lines)
+        return f"{len(bad)} of {len(rows)} numbers drifted or are missing: {names}"
+    return f"all {len(rows)} numbers within tolerance"

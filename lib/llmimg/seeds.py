@@ -13,7 +13,6 @@ command line for it. Seed 0 is the profile's own model, so it costs no training.
 from __future__ import annotations
 
 import json
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -21,19 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from llmimg.atomic import atomic_write
-from llmimg.config import Profile, get_device, get_profile
+from llmimg.config import Profile, describe_environment, get_profile
 from llmimg.recipes import EXPERIMENTS_DIR
-from llmimg.results import headline
+from llmimg.results import eval_n, headline
 
-__all__ = ["eval_n", "load", "results_path", "run"]
-
-
-def eval_n(stage: str, profile: str | Profile | None = None) -> int:
-    """The evaluation size notebooks 03 (clip), 04 (llm) and 05 (generator) use for their headline numbers."""
-    p = get_profile(profile)
-    return {"clip": p.pick(smoke=200, default=1000, full=2000),
-            "llm": p.pick(smoke=50, default=500, full=1000),
-            "generator": p.pick(smoke=16, default=500, full=1000)}[stage]
+__all__ = ["load", "results_path", "run"]
 
 
 def results_path(profile: str | Profile | None = None) -> Path:
@@ -78,14 +69,12 @@ def run(profile: str | Profile | None = None, seeds: Sequence[int] = (0, 1, 2), 
         for seed in seeds:
             for name, value in _stage_numbers(stage, seed, profile, progress).items():
                 numbers.setdefault(name, []).append(value)
-    device = get_device()
     record_ = {
         "profile": profile.name,
         "seeds": list(seeds),
         "what": "each stage retrained with its own seed changed (upstream stages fixed), evaluated as in "
                 "notebooks 03-05",
-        "machine": {"device": device.type, "processor": platform.machine(),
-                    "gpu": _gpu_name() if device.type == "cuda" else None},
+        "machine": describe_environment(profile),
         "minutes": round((time.perf_counter() - start) / 60, 1),
         "numbers": numbers,
     }
@@ -94,9 +83,3 @@ def run(profile: str | Profile | None = None, seeds: Sequence[int] = (0, 1, 2), 
             json.dump(record_, f, indent=1)
             f.write("\n")
     return record_
-
-
-def _gpu_name() -> str:
-    import torch
-
-    return torch.cuda.get_device_name(0)
