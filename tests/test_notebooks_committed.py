@@ -115,3 +115,38 @@ def test_no_cell_shows_a_figure_twice(path):
     for number, cell in enumerate(nb.cells, start=1):
         pngs = [o.data["image/png"] for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
         assert len(pngs) == len(set(pngs)), f"cell {number} shows the same figure twice (end the line with ';')"
+
+
+# A decimal quoted in prose, outside math ($...$), code (`...`) and exercise questions ("**2.** ...").
+PROSE_DECIMAL = re.compile(r"(?<![\w.$^_])(\d+\.\d+)(?![\w.]*\d)")
+ANY_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:e-?\d+)?")
+NAMES_WITH_DECIMALS = ("SD 1.5",)  # model names, not measurements
+
+
+def _numbers_of(nb) -> list[float]:
+    """Every number in the notebook's code and text outputs."""
+    texts = []
+    for cell in _code(nb):
+        texts.append(cell.source)
+        for out in cell.get("outputs", []):
+            texts.append(out.get("text", ""))
+            texts += [v for k, v in out.get("data", {}).items() if k.startswith("text/")]
+    return [float(s.replace(",", "")) for text in texts for s in ANY_NUMBER.findall(text)]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_prose_quotes_only_numbers_its_outputs_show(path):
+    """A decimal the prose quotes must be one the notebook computes or sets (rounded as quoted; 0.915 as 91.5 %)."""
+    nb = nbformat.read(path, as_version=4)
+    values = _numbers_of(nb)
+    for number, cell in enumerate(nb.cells, start=1):
+        if cell.cell_type != "markdown" or re.match(r"\s*\*\*\d+\.\*\*", cell.source):
+            continue
+        prose = re.sub(r"\$\$.*?\$\$|\$[^$]*\$|`[^`]*`", " ", cell.source, flags=re.S)
+        for name in NAMES_WITH_DECIMALS:
+            prose = prose.replace(name, " ")
+        for quoted in PROSE_DECIMAL.findall(prose):
+            digits, x = len(quoted.split(".")[1]), float(quoted)
+            assert any(round(v, digits) == x or round(100 * v, digits) == x for v in values), (
+                f"cell {number} quotes {quoted}, which no output or code of the notebook shows: compute the "
+                "sentence in code, or update it")
