@@ -65,21 +65,23 @@ def run(profile: str | Profile | None = None, seeds: Sequence[int] = (0, 1, 2), 
         raise ValueError(f"a spread needs at least two different seeds, got {list(seeds)}")
     numbers: dict[str, list[float]] = {}
     start = time.perf_counter()
+    record_: dict[str, Any] = {}
     for stage in stages:
         for seed in seeds:
             for name, value in _stage_numbers(stage, seed, profile, progress).items():
                 numbers.setdefault(name, []).append(value)
-    record_ = {
-        "profile": profile.name,
-        "seeds": list(seeds),
-        "what": "each stage retrained with its own seed changed (upstream stages fixed), evaluated as in "
-                "notebooks 03-05",
-        "machine": describe_environment(profile),
-        "minutes": round((time.perf_counter() - start) / 60, 1),
-        "numbers": numbers,
-    }
-    if record:
-        with atomic_write(results_path(profile), "w") as f:
-            json.dump(record_, f, indent=1)
-            f.write("\n")
+        record_ = {
+            "profile": profile.name,
+            "seeds": list(seeds),
+            "stages": list(stages[: stages.index(stage) + 1]),
+            "what": "each stage retrained with its own seed changed (upstream stages fixed), evaluated as in "
+                    "notebooks 03-05",
+            "machine": describe_environment(profile),
+            "minutes": round((time.perf_counter() - start) / 60, 1),
+            "numbers": numbers,
+        }
+        if record:  # after each stage: an interrupted run keeps the stages it finished
+            with atomic_write(results_path(profile), "w") as f:
+                json.dump(record_, f, indent=1)
+                f.write("\n")
     return record_
