@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from llmimg.exercises.feedback import NO_ANSWER, Feedback, check_number, is_unanswered
+from llmimg.exercises.feedback import NO_ANSWER, Feedback, check_function, check_number, is_unanswered
 
 __all__ = [
+    "check_contrastive_loss",
     "EXERCISE_SIMILARITIES",
     "check_clip_loss",
     "check_loss_floor",
@@ -128,3 +129,48 @@ def check_retrieving_prompt(clip: Any, images: Any, k: int, answer: Any) -> Feed
     return Feedback(False, f"{answer!r} retrieves image {order[0]} first (similarity {float(sims[order[0]]):.3f}); "
                            f"image {k} is ranked {rank} of {len(order)} (similarity {float(sims[k]):.3f}). Say what "
                            f"sets image {k} apart from the others")
+
+
+def _cross_entropy_diagonal(logits: np.ndarray) -> float:
+    """Mean cross-entropy of each row against its diagonal entry."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-np.mean(np.diag(log_probs)))
+
+
+def check_contrastive_loss(answer: Any, n_cases: int = 8, seed: int = 0) -> Feedback:
+    """Does the learner's ``contrastive_loss(image_emb, text_emb, temperature)`` compute CLIP's loss?
+
+    Embeddings ``(B, D)`` not of unit length, pairs on the diagonal; the loss is the mean
+    of the image→text and text→image cross-entropies of the cosine similarities / T.
+    """
+    rng = np.random.default_rng(seed)
+    cases = []
+    for _ in range(n_cases):
+        b, d = int(rng.integers(2, 9)), int(rng.integers(2, 7))
+        image, text = rng.normal(size=(b, d)) * 3, rng.normal(size=(b, d)) * 0.5
+        temperature = float(rng.uniform(0.05, 1.0))
+        cases.append(((image, text, temperature), None))
+
+    def parts(image: np.ndarray, text: np.ndarray, temperature: float, normalise: bool = True) -> tuple[float, float]:
+        if normalise:
+            image = image / np.linalg.norm(image, axis=1, keepdims=True)
+            text = text / np.linalg.norm(text, axis=1, keepdims=True)
+        logits = image @ text.T / temperature
+        return _cross_entropy_diagonal(logits), _cross_entropy_diagonal(logits.T)
+
+    def problem(result: Any, _: Any, args: tuple) -> str | None:
+        try:
+            value = float(np.asarray(result.detach() if hasattr(result, "detach") else result, dtype=float))
+        except (TypeError, ValueError):
+            return f"`contrastive_loss` should return one number, got {type(result).__name__}"
+        i2t, t2i = parts(*args)
+        if math.isclose(value, (i2t + t2i) / 2, rel_tol=1e-4, abs_tol=1e-6):
+            return None
+        if any(math.isclose(value, one, rel_tol=1e-4) for one in (i2t, t2i)):
+            return "your loss is one direction only: average image→text and text→image"
+        if math.isclose(value, sum(parts(*args, normalise=False)) / 2, rel_tol=1e-4):
+            return "your loss uses the raw embeddings: divide each by its length first (cosine similarity)"
+        return f"your loss is {value:.5g}, expected {(i2t + t2i) / 2:.5g}"
+
+    return check_function(answer, "contrastive_loss", cases, problem)

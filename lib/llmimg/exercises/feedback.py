@@ -7,6 +7,8 @@ shows it as one line; code can test it with ``bool(feedback)``.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,3 +70,35 @@ def check_array(answer: Any, expected: np.ndarray, *, rtol: float = 1e-3, atol: 
         return Feedback(True, f"{what} matches")
     worst = float(np.max(np.abs(value - expected)))
     return Feedback(False, f"{what} differs by up to {worst:.3g}. {hint}".strip())
+
+
+def check_function(answer: Any, name: str, cases: list[tuple[tuple, Any]],
+                   problem: Callable[[Any, Any, tuple], str | None]) -> Feedback:
+    """Grade the learner's function ``name`` by calling it on hidden ``cases``.
+
+    Each case is ``(args, expected)``; the function gets copies of ``args``.
+    ``problem(result, expected, args)`` returns None when the result is right, else what
+    is wrong with it in words (the more specific, the better the feedback). An error
+    raised by the learner's code is feedback too, never a crash.
+    """
+    if is_unanswered(answer):
+        return Feedback(False, NO_ANSWER)
+    if not callable(answer):
+        return Feedback(False, f"the answer should be your function `{name}`, got {type(answer).__name__}")
+    for number, (args, expected) in enumerate(cases, start=1):
+        try:
+            result = answer(*copy.deepcopy(args))
+        except Exception as err:  # the learner's code: any error is feedback
+            return Feedback(False, f"`{name}` raised {type(err).__name__}: {err}")
+        if is_unanswered(result):  # the function's body is still `...`
+            return Feedback(False, NO_ANSWER)
+        wrong = problem(result, expected, args)
+        if wrong:
+            return Feedback(False, f"in case {number} of {len(cases)}, {wrong}")
+    return Feedback(True, f"`{name}` is right in all {len(cases)} cases")
+
+
+def array_problem(result: Any, expected: Any, what: str, *, rtol: float = 1e-4, atol: float = 1e-6) -> str | None:
+    """None if ``result`` is an array (NumPy, torch or lists) close to ``expected``, else what is off."""
+    feedback = check_array(result, expected, rtol=rtol, atol=atol, what=what)
+    return None if feedback.ok else feedback.message

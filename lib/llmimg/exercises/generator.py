@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from llmimg.exercises.feedback import Feedback, check_array, check_number
+from llmimg.exercises.feedback import Feedback, array_problem, check_array, check_function, check_number
 
-__all__ = ["check_signal_fraction", "check_guided_noise", "check_latent_shape", "check_all_correct"]
+__all__ = ["check_ddim_step", "check_signal_fraction", "check_guided_noise", "check_latent_shape", "check_all_correct"]
 
 
 def check_signal_fraction(alpha_bar: float, answer: Any) -> Feedback:
@@ -36,3 +36,30 @@ def check_all_correct(per_object: Any, answer: Any) -> Feedback:
     rows = [bool(np.all(np.asarray(r, dtype=bool))) for r in per_object]
     return check_number(answer, float(np.mean(rows)), what="the all-correct rate",
                         hint="an image counts only if every attribute of it is right")
+
+
+def check_ddim_step(answer: Any, n_cases: int = 8, seed: int = 0) -> Feedback:
+    """Does the learner's ``ddim_step(x_t, eps, alpha_bar_t, alpha_bar_prev)`` take one deterministic DDIM step?
+
+    From the predicted noise: x̂0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t, then
+    x_prev = √ᾱ_prev x̂0 + √(1 − ᾱ_prev) ε (η = 0: no fresh noise).
+    """
+    rng = np.random.default_rng(seed)
+    cases = []
+    for _ in range(n_cases):
+        shape = (int(rng.integers(1, 4)), 2, 2)
+        x_t, eps = rng.normal(size=shape), rng.normal(size=shape)
+        a_t = float(rng.uniform(0.01, 0.9))
+        a_prev = float(rng.uniform(a_t, 1.0))  # one step towards the image: more signal
+        x0 = (x_t - np.sqrt(1 - a_t) * eps) / np.sqrt(a_t)
+        cases.append(((x_t, eps, a_t, a_prev), np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev) * eps))
+
+    def problem(result: Any, expected: np.ndarray, args: tuple) -> str | None:
+        x_t, eps, a_t, a_prev = args
+        x0 = (x_t - np.sqrt(1 - a_t) * eps) / np.sqrt(a_t)
+        if array_problem(result, x0, "") is None:
+            return "you returned the clean-image estimate x̂0: step to ᾱ_prev from it (re-noise with ε)"
+        wrong = array_problem(result, expected, "x_prev")
+        return wrong and f"at ᾱ_t = {a_t:.3f}, ᾱ_prev = {a_prev:.3f}: {wrong}"
+
+    return check_function(answer, "ddim_step", cases, problem)

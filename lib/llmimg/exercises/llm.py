@@ -19,9 +19,10 @@ import numpy as np
 
 from llmimg.data.captions import parse_description, parse_prompt
 from llmimg.data.world import HELDOUT_PAIRS, POSITIONS, SIZES, allowed_colours
-from llmimg.exercises.feedback import NO_ANSWER, Feedback, check_number, is_unanswered
+from llmimg.exercises.feedback import NO_ANSWER, Feedback, check_function, check_number, is_unanswered
 
 __all__ = [
+    "check_lm_loss",
     "check_kv_cache_positions",
     "check_model_probability",
     "check_oracle_probability",
@@ -178,3 +179,44 @@ def check_model_probability(llm: Any, answer: Any, prompt: str = "a red circle",
         oracle = oracle_probability(prompt, description)
         return Feedback(True, f"{feedback.message}; the data's own probability is {oracle:.4g}")
     return feedback
+
+
+def check_lm_loss(answer: Any, n_cases: int = 8, seed: int = 0) -> Feedback:
+    """Does the learner's ``lm_loss(logits, targets, mask)`` give the mean NLL of the real tokens?
+
+    ``logits`` ``(B, T, V)``, ``targets`` ``(B, T)`` token ids, ``mask`` ``(B, T)`` with 1 for
+    real tokens and 0 for padding; sequences have different lengths.
+    """
+    rng = np.random.default_rng(seed)
+    cases = []
+    for _ in range(n_cases):
+        b, t, v = int(rng.integers(2, 5)), int(rng.integers(3, 8)), int(rng.integers(3, 10))
+        logits = rng.normal(size=(b, t, v)) * 2
+        targets = rng.integers(0, v, size=(b, t))
+        lengths = rng.integers(1, t + 1, size=b)
+        lengths[0] = t - 1 if t > 1 else 1  # at least one sequence with padding
+        mask = (np.arange(t)[None] < lengths[:, None]).astype(np.int64)
+        cases.append(((logits, targets, mask), None))
+
+    def nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        shifted = logits - logits.max(-1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        return -np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+
+    def problem(result: Any, _: Any, args: tuple) -> str | None:
+        try:
+            value = float(np.asarray(result.detach() if hasattr(result, "detach") else result, dtype=float))
+        except (TypeError, ValueError):
+            return f"`lm_loss` should return one number, got {type(result).__name__}"
+        logits, targets, mask = args
+        per_token = nll(logits, targets)
+        expected = float((per_token * mask).sum() / mask.sum())
+        if math.isclose(value, expected, rel_tol=1e-4, abs_tol=1e-6):
+            return None
+        if math.isclose(value, float(per_token.mean()), rel_tol=1e-4):
+            return "your loss averages over the padding too: count only the tokens where mask is 1"
+        if math.isclose(value, float(((per_token * mask).sum(1) / mask.sum(1)).mean()), rel_tol=1e-4):
+            return "your loss averages per sequence first: average over all real tokens at once"
+        return f"your loss is {value:.5g}, expected {expected:.5g}"
+
+    return check_function(answer, "lm_loss", cases, problem)

@@ -12,10 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from llmimg.exercises.feedback import NO_ANSWER, Feedback, check_array, check_number, is_unanswered
+from llmimg.exercises.feedback import (NO_ANSWER, Feedback, array_problem, check_array, check_function, check_number,
+                                      is_unanswered)
 from llmimg.theory import diffusion, language, pipeline
 
 __all__ = [
+    "check_add_noise",
     "check_alpha_bar",
     "check_bigram_perplexity",
     "check_elbo_weight",
@@ -79,3 +81,25 @@ def check_bigram_perplexity(answer: Any, words: Sequence[str] = ("a", "red", "ci
         answer, expected, rtol=1e-3, what="the perplexity",
         hint=f"exp(-log p / T) with T = {len(words) + 1} tokens: the words and <eos>.",
     )
+
+
+def check_add_noise(answer: Any, n_cases: int = 8, seed: int = 0) -> Feedback:
+    """Does the learner's ``add_noise(x0, eps, alpha_bar)`` draw x_t from q(x_t | x_0)?
+
+    Hidden cases: arrays of a few shapes, and ᾱ from 1 (no noise yet) down to almost 0.
+    """
+    rng = np.random.default_rng(seed)
+    cases = []
+    for alpha_bar in [1.0, 0.0001, *rng.uniform(0.01, 0.99, n_cases - 2)]:
+        shape = tuple(int(k) for k in rng.integers(1, 5, size=int(rng.integers(1, 4))))
+        x0, eps = rng.normal(size=shape), rng.normal(size=shape)
+        cases.append(((x0, eps, float(alpha_bar)), np.sqrt(alpha_bar) * x0 + np.sqrt(1 - alpha_bar) * eps))
+
+    def problem(result: Any, expected: np.ndarray, args: tuple) -> str | None:
+        x0, eps, a = args
+        if array_problem(result, a * x0 + (1 - a) * eps, "") is None and 0 < a < 1:
+            return f"at ᾱ = {a:.4g} your x_t is ᾱ x0 + (1 − ᾱ) ε: the weights are the square roots of these"
+        wrong = array_problem(result, expected, "x_t")
+        return wrong and f"at ᾱ = {a:.4g}, {wrong} (x_t = √ᾱ x0 + √(1 − ᾱ) ε)"
+
+    return check_function(answer, "add_noise", cases, problem)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from llmimg.exercises.feedback import NO_ANSWER, Feedback, check_number, is_unanswered
+from llmimg.exercises.feedback import Feedback, check_function, check_number
 
 __all__ = ["check_clip_score", "check_denoise_share", "check_rerank"]
 
@@ -17,31 +17,27 @@ def check_rerank(answer: Any, n_cases: int = 20, seed: int = 0) -> Feedback:
     It is called on ``n_cases`` random cases: ``z_prompt`` a ``(D,)`` array, ``z_candidates``
     an ``(n, D)`` array, neither of unit length (so a plain dot product is not enough).
     """
-    if is_unanswered(answer):
-        return Feedback(False, NO_ANSWER)
-    if not callable(answer):
-        return Feedback(False, f"the answer should be your function `rerank`, got {type(answer).__name__}")
     rng = np.random.default_rng(seed)
-    for case in range(n_cases):
+    cases = []
+    for _ in range(n_cases):
         n, d = int(rng.integers(2, 7)), int(rng.integers(3, 9))
         z_prompt = rng.normal(size=d)
         z_candidates = rng.normal(size=(n, d)) * rng.uniform(0.2, 5.0, size=(n, 1))  # lengths differ a lot
         cosine = z_candidates @ z_prompt / (np.linalg.norm(z_candidates, axis=1) * np.linalg.norm(z_prompt))
-        try:
-            result = answer(z_prompt.copy(), z_candidates.copy())
-        except Exception as err:  # the learner's code: any error is feedback, not a crash
-            return Feedback(False, f"`rerank` raised {type(err).__name__}: {err}")
-        if is_unanswered(result):  # the exercise's body is still `...`
-            return Feedback(False, NO_ANSWER)
+        cases.append(((z_prompt, z_candidates), int(cosine.argmax())))
+
+    def problem(result: Any, best: int, args: tuple) -> str | None:
         chosen = _index(result)
         if chosen is None:
-            return Feedback(False, "`rerank` should return one whole number: the index of the chosen candidate")
-        if chosen != int(cosine.argmax()):
-            hint = (" (it has the largest dot product: the vectors are not unit length, divide by their norms)"
-                    if chosen == int((z_candidates @ z_prompt).argmax()) else "")
-            return Feedback(False, f"in case {case + 1} `rerank` chose candidate {chosen}, but candidate "
-                                   f"{int(cosine.argmax())} has the largest cosine similarity{hint}")
-    return Feedback(True, f"`rerank` chose the nearest candidate in all {n_cases} cases")
+            return "`rerank` should return one whole number: the index of the chosen candidate"
+        if chosen == best:
+            return None
+        z_prompt, z_candidates = args
+        hint = (" (it has the largest dot product: the vectors are not unit length, divide by their norms)"
+                if chosen == int((z_candidates @ z_prompt).argmax()) else "")
+        return f"`rerank` chose candidate {chosen}, but candidate {best} has the largest cosine similarity{hint}"
+
+    return check_function(answer, "rerank", cases, problem)
 
 
 def _index(value: Any) -> int | None:

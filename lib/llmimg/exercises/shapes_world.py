@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmimg.data.captions import ParseError, parse_description, parse_prompt
-from llmimg.data.world import COLOUR_NAMES, HELDOUT_PAIRS, POSITIONS, SHAPES, SIZES, ShapesWorld
-from llmimg.exercises.feedback import NO_ANSWER, Feedback, check_number, is_unanswered
+import numpy as np
+
+from llmimg.data.captions import ParseError, describe, parse_description, parse_prompt
+from llmimg.data.world import COLOUR_NAMES, HELDOUT_PAIRS, POSITIONS, SHAPES, SIZES, Scene, ShapeObject, ShapesWorld
+from llmimg.exercises.feedback import NO_ANSWER, Feedback, check_function, check_number, is_unanswered
 
 __all__ = [
+    "check_describe_object",
     "check_single_object_scene_count",
     "check_open_attributes",
     "check_full_prompt_probability",
@@ -50,3 +53,27 @@ def check_description_of(index: int, answer: Any, world: ShapesWorld | None = No
         return Feedback(True, "the description matches the scene exactly")
     wrong = len(set(parsed.objects) ^ set(scene.objects))
     return Feedback(False, f"valid, but {wrong} object(s) differ from the scene in some attribute")
+
+
+def check_describe_object(answer: Any, n_cases: int = 12, seed: int = 0) -> Feedback:
+    """Does the learner's ``describe_object(shape, colour, size, position)`` write ShapesWorld's description?
+
+    Compared with :func:`llmimg.data.describe` of a one-object scene, on random objects.
+    """
+    rng = np.random.default_rng(seed)
+    cases = []
+    for _ in range(n_cases):
+        shape, colour = str(rng.choice(SHAPES)), str(rng.choice(COLOUR_NAMES))
+        size, position = str(rng.choice(SIZES)), str(rng.choice(POSITIONS))
+        cases.append(((shape, colour, size, position), describe(Scene((ShapeObject(position, shape, colour, size),)))))
+
+    def problem(result: Any, expected: str, args: tuple) -> str | None:
+        if not isinstance(result, str):
+            return f"`describe_object` should return a string, got {type(result).__name__}"
+        if result.strip() == expected:
+            return None
+        if sorted(result.split()) == sorted(expected.split()):
+            return f"the words are right but not in order: {result!r}, expected {expected!r}"
+        return f"`describe_object{args}` gave {result!r}, expected {expected!r}"
+
+    return check_function(answer, "describe_object", cases, problem)
