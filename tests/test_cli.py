@@ -172,12 +172,12 @@ def test_train_generator_prints_its_held_out_metrics_and_eval_the_documented_key
 def test_experiment_records_generator_recipes(tmp_path):
     env = {**cache_env(tmp_path / "cache"), "LLMIMG_EXPERIMENTS_DIR": str(tmp_path / "experiments")}
     result = llmimg("experiment", "generator-recipes", "--profile", "smoke", "--only", "default",
-                    "learning rate 2e-3", "--steps", "4", "--no-progress", env=env)
+                    "learning rate 1e-3", "--steps", "4", "--no-progress", env=env)
     assert result.returncode == 0, result.stderr
-    assert "default: 4 steps" in result.stdout and "learning rate 2e-3: 4 steps" in result.stdout
+    assert "default: 4 steps" in result.stdout and "learning rate 1e-3: 4 steps" in result.stdout
     record = json.loads((tmp_path / "experiments" / "generator-recipes-smoke.json").read_text())
-    assert set(record["recipes"]) == {"default", "learning rate 2e-3"}
+    assert set(record["recipes"]) == {"default", "learning rate 1e-3"}
     assert [p["step"] for p in record["recipes"]["default"]["curve"]] == [1, 2, 3, 4]
-    assert record["recipes"]["learning rate 2e-3"]["changes"] == {"train.lr": 2e-3}
+    assert record["recipes"]["learning rate 1e-3"]["changes"] == {"train.lr": 1e-3}
     bad = llmimg("experiment", "generator-recipes", "--profile", "smoke", "--only", "bigger", env=env)
     assert bad.returncode == 1 and "unknown recipe 'bigger'" in bad.stderr

@@ -128,6 +128,19 @@ def test_hard_negatives_change_only_the_binding():
             assert changed == 1
 
 
+def test_training_loss_is_clip_loss_plus_weighted_binding_loss(smoke_clip):
+    bank = C.ClipBank(8, smoke_clip.tokenizer, split="val")
+    b = bank.batch(0, 8, prompt_rate=0.25)
+    model = smoke_clip.model
+    with torch.no_grad():
+        u, v, scale = model(b["image"], b["text"])[:3]
+        v_neg = model.encode_text(b["negative"], normalize=True)
+        contrastive = open_clip.ClipLoss()(u, v, scale)
+        binding = C.binding_loss(u, v, v_neg, scale, b["is_description"])
+        assert C.training_loss(model, b, 0.0).item() == pytest.approx(contrastive.item(), rel=1e-5)
+        assert C.training_loss(model, b, 0.5).item() == pytest.approx((contrastive + 0.5 * binding).item(), rel=1e-5)
+
+
 def test_binding_loss_prefers_the_true_description():
     img = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
     scale = torch.tensor(10.0)

@@ -24,3 +24,29 @@ def test_bad_exercise_parameters_are_refused():
         check_speedup(0.0, 1.0, 1.0)
     with pytest.raises(ValueError):
         check_standard_error(1.5, 10, 0.1)
+
+
+def test_upsampling_gains_are_read_from_the_table():
+    import pandas as pd
+
+    from llmimg.exercises import check_upsampling_gains
+
+    table = pd.DataFrame([{"trained on": "descriptions", "drawn from": "raw prompt", "all_correct": 0.40},
+                          {"trained on": "descriptions", "drawn from": "LLM description", "all_correct": 0.80},
+                          {"trained on": "prompts", "drawn from": "raw prompt", "all_correct": 0.35},
+                          {"trained on": "prompts", "drawn from": "LLM description", "all_correct": 0.30}])
+    right = {"descriptions": 40.0, "prompts": -5.0}
+    assert_grades(lambda a: check_upsampling_gains(table, a), right, {"descriptions": 40.0, "prompts": 5.0})
+    assert "descriptions most" in check_upsampling_gains(table, right).message
+    assert "sign is flipped" in check_upsampling_gains(table, {"descriptions": -40.0, "prompts": 5.0}).message
+    assert "points (×100)" in check_upsampling_gains(table, {"descriptions": 0.4, "prompts": -5.0}).message
+    assert "keys" in check_upsampling_gains(table, {"descriptions": 40.0}).message
+    assert "number" in check_upsampling_gains(table, {"descriptions": "lots", "prompts": 1}).message
+
+
+def test_why_the_prompt_generator_gains_little():
+    from llmimg.exercises import check_why_prompt_generator_gains_little as check
+
+    assert_grades(check, "a", "b")
+    assert check("(A)") and not check("c") and not check("d")
+    assert "one letter" in check("e").message

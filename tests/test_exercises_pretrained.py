@@ -54,3 +54,13 @@ def test_bad_exercise_parameters_are_refused():
         check_clip_score(1.5, 1.0)
     with pytest.raises(ValueError):
         check_denoise_share(10.0, 0.0, 4, 0.5)
+
+
+def test_best_of_n():
+    from llmimg.exercises import check_best_of_n
+
+    assert_grades(lambda answer: check_best_of_n(0.3, 4, answer), 1 - 0.7**4, 0.3**4)
+    assert "one faithful candidate is enough" in check_best_of_n(0.3, 4, 0.3**4).message
+    assert "complement" in check_best_of_n(0.3, 4, 0.5).message
+    with pytest.raises(ValueError):
+        check_best_of_n(1.5, 4, 0.5)

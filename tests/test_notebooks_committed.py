@@ -158,3 +158,47 @@ def test_an_exercise_asks_for_code(path):
     nb = nbformat.read(path, as_version=4)
     stub = re.compile(r"^def (\w+)\(.*\):\n    \.\.\.$", re.M)
     assert any((m := stub.search(c.source)) and re.search(rf"check_\w+\({m[1]}\)", c.source) for c in _code(nb))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_a_summary_comes_before_next(path):
+    """Every lesson ends with a short summary of what was learnt, and "Next" is its last section."""
+    nb = nbformat.read(path, as_version=4)
+    headings = [line for c in nb.cells if c.cell_type == "markdown" for line in c.source.splitlines()
+                if line.startswith("## ")]
+    summary = [k for k, h in enumerate(headings) if h.startswith("## Summary")]
+    assert summary, "add a '## Summary' section before 'Next'"
+    assert headings[-1].startswith(("## Next", "## Summary and what comes next")), "'Next' should be the last section"
+    assert summary[-1] >= len(headings) - 3, "the summary belongs at the end, just before the exercises and 'Next'"
+
+
+# A cell that draws a chart (not an image grid) must name what it shows.
+MAKES_A_CHART = re.compile(r"plt\.subplots\(|plt\.figure\(|\.plot(\.\w+)?\(|plot_history\(")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_charts_have_titles_and_axis_labels(path):
+    nb = nbformat.read(path, as_version=4)
+    for number, cell in enumerate(nb.cells, start=1):
+        if cell.cell_type != "code" or not MAKES_A_CHART.search(cell.source):
+            continue
+        src = cell.source
+        if "imshow" in src and re.search(r"set_xticks|set_axis_off", src):
+            continue  # a matrix with labelled rows and columns, or a picture
+        assert re.search(r"title=|set_title\(|suptitle\(", src), f"cell {number} draws a chart without a title"
+        assert re.search(r"xlabel|ylabel|plot_history\(", src), f"cell {number} draws a chart without axis labels"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_question_is_graded(path):
+    """Each exercise ("**N.** ...") has a check_ call before the next exercise or section."""
+    nb = nbformat.read(path, as_version=4)
+    question = None
+    for cell in [*nb.cells, nbformat.v4.new_markdown_cell("## End")]:
+        if cell.cell_type == "markdown" and (re.match(r"\s*\*\*\d+[a-z]?\.\*\*", cell.source) or
+                                             re.match(r"\s*##? ", cell.source)):
+            assert question is None, f"exercise {question!r} has no check_... cell"
+            match = re.match(r"\s*\*\*(\d+[a-z]?)\.\*\*", cell.source)
+            question = match[1] if match else None
+        elif cell.cell_type == "code" and re.search(r"\bcheck_\w+\(", cell.source):
+            question = None

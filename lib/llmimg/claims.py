@@ -67,13 +67,18 @@ def eval_samples(n: int, split: str = "heldout", seed: int = 0, max_objects: int
 def score(generator: gen_stage.ShapesGenerator, texts: Sequence[str], prompts: Sequence[str],
           real_embeddings: torch.Tensor, *, num_inference_steps: int, seed: int = 0,
           scheduler: str = "dpm++") -> dict[str, float]:
-    """Draw ``texts`` and score the images against ``prompts``: ShapesEval, CLIPScore and CMMD to real images."""
+    """Draw ``texts`` and score the images against ``prompts``: ShapesEval, CLIPScore and CMMD to real images.
+
+    ``n`` is the number of prompts and ``all_correct_se`` the standard error of ``all_correct``.
+    """
     images = generator.generate(list(texts), num_inference_steps=num_inference_steps, seed=seed,
                                 scheduler=scheduler, check=False)
     judged = shapes_eval(images, list(prompts))
     clip = generator.text_encoder
     emb = clip.encode_image(images)
-    return {"all_correct": judged.all_correct, **{a: judged.per_attribute.get(a, float("nan")) for a in ATTRIBUTES},
+    return {"n": len(prompts), "all_correct": judged.all_correct,
+            "all_correct_se": standard_error(judged.all_correct, len(prompts)),
+            **{a: judged.per_attribute.get(a, float("nan")) for a in ATTRIBUTES},
             "count": judged.count_accuracy, "clip_score": clip_score(emb, clip.encode_text(list(prompts))),
             "cmmd": cmmd(emb, real_embeddings)}
 
@@ -120,8 +125,9 @@ def speed_experiment(llm: llm_stage.ShapesLLM, settings: dict[str, tuple[gen_sta
             ms = (time.perf_counter() - t0) * 1000 / len(prompts)
             judged = shapes_eval(images, prompts)
             emb = gen.text_encoder.encode_image(images)
-            rows.append({"setting": name, "steps": n_steps, "ms_per_image": ms, "all_correct": judged.all_correct,
-                         "cmmd": cmmd(emb, real)})
+            rows.append({"setting": name, "steps": n_steps, "ms_per_image": ms, "n": len(prompts),
+                         "all_correct": judged.all_correct,
+                         "all_correct_se": standard_error(judged.all_correct, len(prompts)), "cmmd": cmmd(emb, real)})
     return pd.DataFrame(rows)
 
 
@@ -265,7 +271,10 @@ def train_transfer(kind: str, llm: llm_stage.ShapesLLM, config: gen_stage.Genera
 
 def transfer_curve(kind: str, profile: str | Profile | None = None, *, progress: bool = True,
                    n_eval: int = 100) -> list[dict[str, float]]:
-    """The ShapesEval-against-training-steps curve of ``kind``, trained once and kept in the profile's cache."""
+    """The ShapesEval-against-training-steps curve of ``kind``, trained once and kept in the profile's cache.
+
+    Each point also holds ``n`` (``n_eval`` one-object descriptions) and ``all_correct_se``.
+    """
     profile = get_profile(profile)
     llm = llm_stage.get(profile, progress=progress)
     config, eval_steps = transfer_config(profile)
@@ -279,7 +288,8 @@ def transfer_curve(kind: str, profile: str | Profile | None = None, *, progress:
         (out / "curve.json").write_text(json.dumps(curve, indent=1), encoding="utf-8")
 
     folder = cached("transfer", key, build, profile=profile)
-    return json.loads((folder / "curve.json").read_text(encoding="utf-8"))
+    curve = json.loads((folder / "curve.json").read_text(encoding="utf-8"))
+    return [{**p, "n": n_eval, "all_correct_se": standard_error(p["all_correct"], n_eval)} for p in curve]
 
 
 __all__ = ["ATTRIBUTES", "TRAINING_TEXTS", "TRANSFER_KINDS", "GPT2TextEncoder", "compare", "eval_samples", "score",

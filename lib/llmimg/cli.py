@@ -466,9 +466,10 @@ def _experiment(args: argparse.Namespace) -> int:
         return 0
     print(f"recorded in {_shown(recipes.results_path(args.profile), where='')}")
     for name, r in record["recipes"].items():
-        last = r["curve"][-1] if r["curve"] else {}
+        last, two = (r["curve"][-1] if r["curve"] else {}), r.get("two_objects", {})
         print(f"  {name:>24}: {r['steps']} steps in {r['train_seconds'] or float('nan'):.0f} s, all-correct "
-              f"{last.get('all_correct', float('nan')):.3f} on {last.get('n', 0)} val descriptions")
+              f"{last.get('all_correct', float('nan')):.3f} on {last.get('n', 0)} one-object and "
+              f"{two.get('all_correct', float('nan')):.3f} on {two.get('n', 0)} two-object val descriptions")
     return 0
 
 

@@ -307,6 +307,23 @@ def binding_loss(image_features: torch.Tensor, text_features: torch.Tensor, nega
     return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
 
 
+def training_loss(model: torch.nn.Module, b: dict[str, torch.Tensor], hard_negative_weight: float = 1.0, *,
+                  criterion: Any = None) -> torch.Tensor:
+    """The loss :func:`train` minimises on a :meth:`ClipBank.batch`: open_clip's ``ClipLoss`` plus
+    ``hard_negative_weight`` times the :func:`binding_loss` (``ClipLoss`` alone when the weight is 0)."""
+    if criterion is None:
+        from open_clip import ClipLoss
+
+        criterion = ClipLoss()
+    if not hard_negative_weight:
+        return criterion(*model(b["image"], b["text"])[:3])
+    # One forward pass for texts and negatives (the CLIP encodes each text on its own).
+    image_features, texts, logit_scale = model(b["image"], torch.cat([b["text"], b["negative"]]))[:3]
+    text_features, negative_features = texts.chunk(2)
+    return criterion(image_features, text_features, logit_scale) + hard_negative_weight * binding_loss(
+        image_features, text_features, negative_features, logit_scale, b["is_description"])
+
+
 def train(config: ClipConfig | None = None, *, work_dir: str | Path | None = None,
           progress: bool = True) -> ShapesCLIP:
     """Train a CLIP from scratch with open_clip's ``ClipLoss`` plus the binding loss; returns it (not saved)."""
@@ -318,13 +335,7 @@ def train(config: ClipConfig | None = None, *, work_dir: str | Path | None = Non
     criterion = ClipLoss()
 
     def loss(model: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
-        if not config.hard_negative_weight:
-            return criterion(*model(b["image"], b["text"])[:3])
-        # One forward pass for texts and negatives (the CLIP encodes each text on its own).
-        image_features, texts, logit_scale = model(b["image"], torch.cat([b["text"], b["negative"]]))[:3]
-        text_features, negative_features = texts.chunk(2)
-        return criterion(image_features, text_features, logit_scale) + config.hard_negative_weight * binding_loss(
-            image_features, text_features, negative_features, logit_scale, b["is_description"])
+        return training_loss(model, b, config.hard_negative_weight, criterion=criterion)
 
     result = fit(clip.model, lambda s: bank.batch(s, config.train.batch_size, config.prompt_rate, config.seed),
                  loss, config.train, work_dir=work_dir, desc="CLIP", progress=progress,
@@ -441,4 +452,5 @@ def evaluate(clip: ShapesCLIP, n: int = 1000, seed: int = 0) -> dict[str, Any]:
 
 
 __all__ = ["ClipBank", "ClipConfig", "ShapesCLIP", "ZERO_SHOT_TEMPLATES", "binding_accuracy", "binding_loss", "build", "default_config", "evaluate",
-           "get", "hard_negative", "load", "model_config", "preprocess", "retrieval", "train", "zero_shot", "zero_shot_texts"]
+           "get", "hard_negative", "load", "model_config", "preprocess", "retrieval", "train", "training_loss", "zero_shot",
+           "zero_shot_texts"]

@@ -24,15 +24,16 @@ from llmimg.atomic import atomic_write
 from llmimg.config import Profile, get_profile
 
 # Recipe name -> the fields it changes in the default config ("train.<field>" for the training loop).
+# The default's learning rate became 2e-3 after this search; the "learning rate 1e-3" rows are the
+# recipes measured before that, so the record keeps the comparison that chose it.
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
-    "epsilon target": {"prediction_type": "epsilon"},
+    "learning rate 1e-3": {"train.lr": 1e-3},
+    "epsilon target, learning rate 1e-3": {"prediction_type": "epsilon", "train.lr": 1e-3},
     "no coordinate channels": {"coordinates": False},
     "no pooled text": {"pooled_condition": False},
     "half width": {"block_out_channels": [48, 96], "norm_num_groups": 16},
-    # The two changes that each bought quality per minute, together.
-    "half width, learning rate 2e-3": {"block_out_channels": [48, 96], "norm_num_groups": 16, "train.lr": 2e-3},
-    "learning rate 2e-3": {"train.lr": 2e-3},
+    "half width, learning rate 1e-3": {"block_out_channels": [48, 96], "norm_num_groups": 16, "train.lr": 1e-3},
 }
 EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"
 
@@ -77,8 +78,11 @@ def run(profile: str | Profile | None = None, names: list[str] | None = None, *,
     the package's files).
 
     Returns the whole record: ``{"profile", "machine", "recipes": {name: {"changes",
-    "steps", "train_seconds", "curve"}}}``; ``curve`` holds ShapesEval points (``step``,
-    ``train_seconds``, ``n``, ``all_correct``, ``count_accuracy`` and the attributes).
+    "steps", "train_seconds", "curve", "two_objects"}}}``; ``curve`` holds ShapesEval points
+    of one-object scenes along training (``step``, ``train_seconds``, ``n``, ``all_correct``,
+    ``count_accuracy`` and the attributes), ``two_objects`` ShapesEval of the trained model
+    on two-object scenes (``n``, ``all_correct`` and its ``all_correct_se``,
+    ``count_accuracy``). Recipes no longer in :data:`RECIPES` are dropped from the record.
     """
     import torch
 
@@ -89,17 +93,36 @@ def run(profile: str | Profile | None = None, names: list[str] | None = None, *,
     names = list(names or RECIPES)
     configs = {name: recipe_config(name, profile, steps) for name in names}  # unknown names fail before training
     result = load(profile) or {"profile": profile.name, "recipes": {}}
+    result["recipes"] = {k: v for k, v in result["recipes"].items() if k in RECIPES}
     result["machine"] = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                          "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     for name, config in configs.items():
         gen = gen_stage.get(profile, config=config, progress=progress)
         manifest = read_manifest(gen.path)
         result["recipes"][name] = {"changes": RECIPES[name], "steps": config.train.steps,
-                                   "train_seconds": manifest.get("seconds"), "curve": manifest.get("curve", [])}
+                                   "train_seconds": manifest.get("seconds"), "curve": manifest.get("curve", []),
+                                   "two_objects": two_object_scores(gen, profile.pick(smoke=8, default=300, full=500))}
         if record:
             with atomic_write(results_path(profile), "w") as f:  # after each recipe: an interruption keeps the rest
                 f.write(json.dumps(result, indent=1, sort_keys=True) + "\n")
     return result
+
+
+def two_object_scores(gen: Any, n: int) -> dict[str, float]:
+    """ShapesEval of ``gen`` on the full descriptions of ``n`` two-object ``val`` scenes (25 steps).
+
+    The learning curve scores one object only (it runs during training); two objects are
+    where recipes differ most, so each trained recipe is scored on them once.
+    """
+    from llmimg.data import ShapesWorld
+    from llmimg.evaluation import shapes_eval, standard_error
+
+    world = ShapesWorld(seed=gen.config.data_seed, max_objects=2)
+    descriptions = [s.description for s in world.samples(4 * n, "val") if len(s.scene) == 2][:n]
+    judged = shapes_eval(gen.generate(descriptions, seed=0, check=False), descriptions)
+    return {"n": len(descriptions), "all_correct": judged.all_correct,
+            "all_correct_se": standard_error(judged.all_correct, len(descriptions)),
+            "count_accuracy": judged.count_accuracy}
 
 
 def get(profile: str | Profile | None = None, *, progress: bool = True) -> dict[str, Any]:
@@ -122,4 +145,4 @@ def table(record: dict[str, Any]) -> Any:
     return pd.DataFrame(rows)
 
 
-__all__ = ["RECIPES", "get", "load", "recipe_config", "results_path", "run", "table"]
+__all__ = ["RECIPES", "get", "load", "recipe_config", "results_path", "run", "table", "two_object_scores"]

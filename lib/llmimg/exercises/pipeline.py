@@ -6,7 +6,8 @@ from typing import Any
 
 from llmimg.exercises.feedback import Feedback, check_function, check_number
 
-__all__ = ["check_run_pipeline", "check_latency_at_steps", "check_speedup", "check_standard_error"]
+__all__ = ["check_run_pipeline", "check_latency_at_steps", "check_speedup", "check_standard_error",
+           "check_upsampling_gains", "check_why_prompt_generator_gains_little"]
 
 
 def check_latency_at_steps(fixed_ms: float, ms_per_step: float, steps: int, answer: Any) -> Feedback:
@@ -73,3 +74,65 @@ def check_run_pipeline(answer: Any) -> Feedback:
 
     calls.clear()
     return check_function(answer, "run_pipeline", cases, problem)
+
+
+def check_upsampling_gains(table: Any, answer: Any) -> Feedback:
+    """What upsampling adds to each generator of notebook 06's section 4, in points of all-correct.
+
+    ``table`` is :func:`llmimg.claims.upsampling_experiment`'s; ``answer`` a dict from
+    "trained on" (``"descriptions"``, ``"prompts"``) to the all-correct drawn from the
+    LLM's description minus drawn from the raw prompt, ×100. Half a point of slack.
+    """
+    from llmimg.exercises.feedback import NO_ANSWER, is_unanswered
+
+    cells = table.set_index(["trained on", "drawn from"])["all_correct"]
+    expected = {kind: 100 * (cells[(kind, "LLM description")] - cells[(kind, "raw prompt")])
+                for kind in table["trained on"].unique()}
+    if is_unanswered(answer):
+        return Feedback(False, NO_ANSWER)
+    if not isinstance(answer, dict) or set(answer) != set(expected):
+        return Feedback(False, f"answer with a dict whose keys are {sorted(expected)}, one gain in points each")
+    wrong = []
+    for kind, value in expected.items():
+        try:
+            got = float(answer[kind])
+        except (TypeError, ValueError):
+            return Feedback(False, f"the gain of {kind!r} should be a number, got {answer[kind]!r}")
+        if abs(got + value) <= 0.5 and abs(value) > 0.5:
+            wrong.append(f"{kind!r}: the sign is flipped (description minus raw prompt, not the reverse)")
+        elif abs(100 * got - value) <= 0.5 and abs(value) > 0.5:
+            wrong.append(f"{kind!r}: give points (×100), not a fraction")
+        elif abs(got - value) > 0.5:
+            wrong.append(f"{kind!r}: {got:+.1f} points is off; read its two rows of the table")
+    if wrong:
+        return Feedback(False, "; ".join(wrong))
+    best = max(expected, key=expected.get)
+    return Feedback(True, ", ".join(f"{k} {v:+.1f} points" for k, v in expected.items())
+                    + f": upsampling helps the generator trained on {best} most")
+
+
+WHY_PROMPT_GENERATOR = {
+    "a": "it never saw a full description in training, so the words the LLM adds are inputs it was not trained on",
+    "b": "the LLM's descriptions are unfaithful to the prompts, so they mislead it",
+    "c": "classifier-free guidance cancels the words a description adds to the prompt",
+    "d": "it has fewer parameters than the generator trained on descriptions",
+}
+
+
+def check_why_prompt_generator_gains_little(answer: Any) -> Feedback:
+    """Multiple choice (a letter of :data:`WHY_PROMPT_GENERATOR`): why handing descriptions to the prompt generator helps little."""
+    from llmimg.exercises.feedback import NO_ANSWER, is_unanswered
+
+    if is_unanswered(answer):
+        return Feedback(False, NO_ANSWER)
+    letter = str(answer).strip().lower().strip("()")
+    if letter not in WHY_PROMPT_GENERATOR:
+        return Feedback(False, f"answer with one letter among {', '.join(WHY_PROMPT_GENERATOR)}")
+    if letter == "a":
+        return Feedback(True, "it learned p(x | c) from prompts: a description's extra words are out of its "
+                              "training distribution, and the stated ones it already draws without them")
+    why = {"b": "the same descriptions lift the other generator, and section 4 prints how many keep the prompt",
+           "c": "guidance extrapolates from the unconditional prediction towards the conditional one: it "
+                "strengthens every word of the text, it cancels none",
+           "d": "both generators have the same UNet and training; only their training texts differ"}
+    return Feedback(False, why[letter])

@@ -8,7 +8,7 @@ import numpy as np
 
 from llmimg.exercises.feedback import Feedback, check_function, check_number
 
-__all__ = ["check_clip_score", "check_denoise_share", "check_rerank"]
+__all__ = ["check_best_of_n", "check_clip_score", "check_denoise_share", "check_rerank"]
 
 
 def check_rerank(answer: Any, n_cases: int = 20, seed: int = 0) -> Feedback:
@@ -66,3 +66,20 @@ def check_denoise_share(fixed_ms: float, ms_per_step: float, steps: int, answer:
     return check_number(answer, steps * ms_per_step / total, rtol=1e-2, what="the denoising share",
                         hint="the loop costs steps × the step's time; the rest of the call costs the same at any "
                              "step count; divide the loop's part by the whole")
+
+
+def check_best_of_n(a: float, n: int, answer: Any) -> Feedback:
+    """The chance that best-of-``n`` re-ranking can keep a faithful description, when each draw is faithful with ``a``.
+
+    With a perfect re-ranker it keeps one whenever at least one of the ``n`` independent
+    candidates is faithful: ``1 - (1 - a)**n``.
+    """
+    if not 0 <= a <= 1 or n < 1:
+        raise ValueError("a must be a probability and n at least 1")
+    try:
+        all_faithful = bool(np.isclose(float(answer), a**n))
+    except (TypeError, ValueError):
+        all_faithful = False
+    hint = ("a**n is the chance that all n are faithful; one faithful candidate is enough" if all_faithful
+            else "compute the chance that all n candidates miss, (1 − a)^n, and take its complement")
+    return check_number(answer, 1 - (1 - a) ** n, rtol=1e-3, what=f"the chance with n = {n}", hint=hint)
