@@ -220,7 +220,7 @@ def transfer_config(profile: str | Profile | None = None) -> tuple[gen_stage.Gen
     """The generator recipe of the transfer runs and the training steps at which they are scored."""
     profile = get_profile(profile)
     config = gen_stage.default_config(profile)
-    steps = profile.pick(smoke=8, default=300, full=6000)
+    steps = profile.pick(smoke=8, default=600, full=6000)
     return (replace(config, train=replace(config.train, steps=steps, checkpoint_every=max(steps, 1))),
             tuple(sorted({max(1, steps * k // 4) for k in range(1, 5)})))
 
