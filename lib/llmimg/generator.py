@@ -714,6 +714,14 @@ def get(profile: str | Profile | None = None, *, force: bool = False, progress: 
     return load(folder, text_encoder)
 
 
+def eval_samples(config: GeneratorConfig, n: int, objects: int, split: str = "val") -> list[Any]:
+    """The first ``n`` ShapesWorld samples of ``split`` with exactly ``objects`` objects (1 or 2), as scored here."""
+    from llmimg.data import ShapesWorld
+
+    world = ShapesWorld(seed=config.data_seed, max_objects=objects)
+    return [s for s in world.samples(n if objects == 1 else 4 * n, split) if len(s.scene) == objects][:n]
+
+
 def evaluate(generator: ShapesGenerator, n: int = 500, *, split: str = "val", num_inference_steps: int = 25,
              guidance_scale: float | None = None, scheduler: str = "dpm++", seed: int = 0) -> dict[str, Any]:
     """The generator metrics of ``llmimg eval generator``, from the full descriptions of ``n`` one-object scenes.
@@ -726,12 +734,10 @@ def evaluate(generator: ShapesGenerator, n: int = 500, *, split: str = "val", nu
     ``two_object_count_accuracy``). Every rate has its standard error beside it
     (``<key>_se``; ``per_attribute_se`` for the attributes).
     """
-    from llmimg.data import ShapesWorld
     from llmimg.evaluation import clip_score, cmmd, frechet_distance, shapes_eval, standard_error
 
     def draw(objects: int) -> tuple[list[str], np.ndarray, torch.Tensor]:
-        world = ShapesWorld(seed=generator.config.data_seed, max_objects=objects)
-        samples = [s for s in world.samples(n if objects == 1 else 4 * n, split) if len(s.scene) == objects][:n]
+        samples = eval_samples(generator.config, n, objects, split)
         descriptions = [s.description for s in samples]
         images = generator.generate(descriptions, num_inference_steps=num_inference_steps,
                                     guidance_scale=guidance_scale, scheduler=scheduler, seed=seed)
@@ -764,7 +770,8 @@ def evaluate(generator: ShapesGenerator, n: int = 500, *, split: str = "val", nu
 
 __all__ = [
     "SCHEDULERS", "Bank", "GeneratorConfig", "ShapesGenerator", "TextEncoder", "Trajectory", "TrainOutcome",
-    "build_scheduler", "build_unet", "cache_config", "default_config", "encode_texts", "evaluate", "get", "load",
+    "build_scheduler", "build_unet", "cache_config", "default_config", "encode_texts", "eval_samples", "evaluate", "get",
+    "load",
     "make_bank",
     "make_batch_fn", "make_loss_fn", "make_scheduler", "to_images", "to_latents", "train",
 ]

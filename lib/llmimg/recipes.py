@@ -114,11 +114,10 @@ def two_object_scores(gen: Any, n: int) -> dict[str, float]:
     The learning curve scores one object only (it runs during training); two objects are
     where recipes differ most, so each trained recipe is scored on them once.
     """
-    from llmimg.data import ShapesWorld
+    from llmimg import generator as gen_stage
     from llmimg.evaluation import shapes_eval, standard_error
 
-    world = ShapesWorld(seed=gen.config.data_seed, max_objects=2)
-    descriptions = [s.description for s in world.samples(4 * n, "val") if len(s.scene) == 2][:n]
+    descriptions = [s.description for s in gen_stage.eval_samples(gen.config, n, objects=2)]
     judged = shapes_eval(gen.generate(descriptions, seed=0, check=False), descriptions)
     return {"n": len(descriptions), "all_correct": judged.all_correct,
             "all_correct_se": standard_error(judged.all_correct, len(descriptions)),

@@ -98,6 +98,14 @@ def check_function(answer: Any, name: str, cases: list[tuple[tuple, Any]],
     return Feedback(True, f"`{name}` is right in all {len(cases)} cases")
 
 
+def as_number(value: Any) -> float | None:
+    """A learner's single number (Python, NumPy or torch, gradients or not) as a float; None if it is not one."""
+    try:
+        return float(np.asarray(value.detach() if hasattr(value, "detach") else value, dtype=float))
+    except (TypeError, ValueError):
+        return None
+
+
 def array_problem(result: Any, expected: Any, what: str, *, rtol: float = 1e-4, atol: float = 1e-6) -> str | None:
     """None if ``result`` is an array (NumPy, torch or lists) close to ``expected``, else what is off."""
     feedback = check_array(result, expected, rtol=rtol, atol=atol, what=what)

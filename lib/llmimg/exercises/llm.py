@@ -19,7 +19,7 @@ import numpy as np
 
 from llmimg.data.captions import parse_description, parse_prompt
 from llmimg.data.world import HELDOUT_PAIRS, POSITIONS, SIZES, allowed_colours
-from llmimg.exercises.feedback import NO_ANSWER, Feedback, check_function, check_number, is_unanswered
+from llmimg.exercises.feedback import NO_ANSWER, Feedback, as_number, check_function, check_number, is_unanswered
 
 __all__ = [
     "check_lm_loss",
@@ -199,14 +199,14 @@ def check_lm_loss(answer: Any, n_cases: int = 8, seed: int = 0) -> Feedback:
         cases.append(((logits, targets, mask), None))
 
     def nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        shifted = logits - logits.max(-1, keepdims=True)
-        log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-        return -np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+        import torch
+
+        log_probs = torch.from_numpy(logits).log_softmax(-1)
+        return -log_probs.gather(-1, torch.from_numpy(targets)[..., None])[..., 0].numpy()
 
     def problem(result: Any, _: Any, args: tuple) -> str | None:
-        try:
-            value = float(np.asarray(result.detach() if hasattr(result, "detach") else result, dtype=float))
-        except (TypeError, ValueError):
+        value = as_number(result)
+        if value is None:
             return f"`lm_loss` should return one number, got {type(result).__name__}"
         logits, targets, mask = args
         per_token = nll(logits, targets)

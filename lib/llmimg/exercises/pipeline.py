@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmimg.exercises.feedback import Feedback, check_function, check_number
+from llmimg.exercises.feedback import NO_ANSWER, Feedback, check_function, check_number, is_unanswered
 
 __all__ = ["check_run_pipeline", "check_latency_at_steps", "check_speedup", "check_standard_error",
            "check_upsampling_gains", "check_why_prompt_generator_gains_little"]
@@ -83,8 +83,6 @@ def check_upsampling_gains(table: Any, answer: Any) -> Feedback:
     "trained on" (``"descriptions"``, ``"prompts"``) to the all-correct drawn from the
     LLM's description minus drawn from the raw prompt, ×100. Half a point of slack.
     """
-    from llmimg.exercises.feedback import NO_ANSWER, is_unanswered
-
     cells = table.set_index(["trained on", "drawn from"])["all_correct"]
     expected = {kind: 100 * (cells[(kind, "LLM description")] - cells[(kind, "raw prompt")])
                 for kind in table["trained on"].unique()}
@@ -121,8 +119,6 @@ WHY_PROMPT_GENERATOR = {
 
 def check_why_prompt_generator_gains_little(answer: Any) -> Feedback:
     """Multiple choice (a letter of :data:`WHY_PROMPT_GENERATOR`): why handing descriptions to the prompt generator helps little."""
-    from llmimg.exercises.feedback import NO_ANSWER, is_unanswered
-
     if is_unanswered(answer):
         return Feedback(False, NO_ANSWER)
     letter = str(answer).strip().lower().strip("()")
