@@ -24,12 +24,14 @@ from llmimg.data import (
     ShapesWorld,
     complete_prompt,
     describe,
+    describe_in_prompt_order,
     format_prompt,
     object_centre,
     parse_description,
     parse_prompt,
     faithful,
     prompt_matches,
+    reading_order,
     render,
     render_masks,
 )
@@ -304,3 +306,17 @@ def test_faithful_checks_parsing_and_the_stated_attributes():
     assert not faithful(prompt, "a large red circle in the top left and a small blue square in the center")  # swapped
     assert not faithful(prompt, "a large red circle in the center")  # an object missing
     assert not faithful(prompt, "a large red circle in the center and a")  # does not parse
+
+
+def test_prompt_order_descriptions_follow_the_prompt_and_return_to_reading_order():
+    for s in ShapesWorld(seed=4, max_objects=3).samples(200):
+        text = describe_in_prompt_order(s.scene, s.prompt)
+        assert [p.shape for p in parse_prompt(text)] == [p.shape for p in parse_prompt(s.prompt)]
+        assert parse_description(text) == s.scene and reading_order(text) == s.description
+    scene = parse_description("a large red circle in the top left and a small blue square in the center")
+    assert describe_in_prompt_order(scene, "a square and a red circle") == (
+        "a small blue square in the center and a large red circle in the top left")
+    with pytest.raises(ParseError, match="does not match"):
+        describe_in_prompt_order(scene, "a square and a blue circle")
+    with pytest.raises(ParseError):
+        reading_order("a large red circle")  # not a full description

@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmimg import llm as L
 from llmimg.checkpoints import CheckpointError
-from llmimg.data import SHAPES, Scene, ShapesWorld, complete_prompt, describe, parse_description, parse_prompt
+from llmimg.data import (SHAPES, Scene, ShapesWorld, complete_prompt, describe, describe_in_prompt_order,
+                         parse_description, parse_prompt)
 from llmimg.evaluation import judge_images, standard_error
 from llmimg.text import EOS_ID, PAD_ID, UnknownWordsError, encode
 
@@ -198,6 +199,29 @@ def test_upsampler_redraws_only_unfaithful_descriptions(smoke_llm, monkeypatch):
     assert len(calls) == 1  # greedy is deterministic: drawn once
     with pytest.raises(ValueError, match="max_tries"):
         smoke_llm.upsample_from(z, prompts, max_tries=0)
+
+
+def test_upsampler_returns_descriptions_in_reading_order(smoke_llm, monkeypatch):
+    """The model writes the prompt's order; what the generator gets is in reading order (invalid text untouched)."""
+    written = ["a small blue square in the center and a large red circle in the top left", "a large red"]
+    monkeypatch.setattr(smoke_llm, "generate", lambda z, task, **kwargs: list(written))
+    prompts = ["a square and a red circle", "a red circle"]
+    out = smoke_llm.upsample_from(smoke_llm.clip.encode_text(prompts), prompts, max_tries=1)
+    assert out == ["a large red circle in the top left and a small blue square in the center", "a large red"]
+
+
+def test_training_batches_pair_each_task_with_its_target(smoke_llm):
+    """Upsampling rows learn the description in the prompt's order, caption rows in reading order."""
+    bank = L.LLMBank(40, smoke_llm.clip, seed=3, prompt_order=True)
+    samples = list(ShapesWorld(seed=3).samples(40))
+    b = bank.batch(step=0, batch_size=32, caption_rate=0.5, seed=3)
+    idx = torch.randint(40, (32,), generator=torch.Generator().manual_seed(3 * 1_000_003))
+    texts = L.decode(smoke_llm.tokenizer, b["input_ids"])
+    tasks = [L.TASKS[t] for t in b["task"].tolist()]
+    assert set(tasks) == {"caption", "upsample"}
+    for text, i, task in zip(texts, idx.tolist(), tasks):
+        s = samples[i]
+        assert text == (s.description if task == "caption" else describe_in_prompt_order(s.scene, s.prompt))
 
 
 # -- what the decoding options do, checked against the model's own probabilities -------------------

@@ -18,6 +18,13 @@ context and the description form one sequence ``[prefix] [context] <bos> descrip
 padding inside the context is masked and positions count real tokens only (what
 ``generate`` does from the attention mask), so padding never shifts a position.
 
+When upsampling, the model writes the objects **in the prompt's order** (``prompt_order``):
+its k-th phrase fills in the prompt's k-th phrase, a left-to-right copy. Written in
+reading order, as the generator wants them, it would have to pick the object that comes
+first on the canvas and commit to it before the shape word that names it; trained that
+way, this model kept fewer than half of the two-object prompts. :meth:`ShapesLLM.upsample`
+puts each description back in reading order. Captions are written in reading order.
+
 The CLIP stays frozen; the GPT-2 and the mapper train together with the
 language-model loss on the description tokens. A saved LLM is a ``save_pretrained``
 GPT-2 folder (``AutoModelForCausalLM`` and ``AutoTokenizer`` load it) with the mapper
@@ -71,6 +78,7 @@ class LLMConfig(StageConfig):
     prefix_length: int = 4
     mapper_hidden: int = 256
     read_context: bool = True  # read the prompt's tokens / CLIP's patch tokens beside the prefix (see module doc)
+    prompt_order: bool = True  # upsampling targets name the objects in the prompt's order (see module doc)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500, batch_size=64, lr=1e-3))
     n_train: int = 20_000
     caption_rate: float = 0.5  # share of training examples that are captioning (the rest upsampling)
@@ -299,8 +307,12 @@ class ShapesLLM:
         kept, faithful or not. Greedy decoding (``do_sample=False``) is deterministic, so
         it is drawn once. ``seed`` seeds draw ``k`` with ``seed + k``. With
         ``return_draws`` it also returns how many draws each prompt took.
+
+        The model names the objects in the prompt's order (``config.prompt_order``); each
+        description that parses is then rewritten in reading order, the order the
+        generator was trained on (:func:`~llmimg.data.reading_order`).
         """
-        from llmimg.data import faithful
+        from llmimg.data import ParseError, faithful, reading_order
 
         if max_tries < 1:
             raise ValueError(f"max_tries must be at least 1, got {max_tries}")
@@ -316,6 +328,11 @@ class ShapesLLM:
                                   seed=None if seed is None else seed + attempt, **kwargs)
             for i, d in zip(redo, again):
                 out[i], draws[i] = d, draws[i] + 1
+        for i, d in enumerate(out):
+            try:
+                out[i] = reading_order(d)
+            except ParseError:
+                pass  # an invalid description is returned as written, for the caller to see
         return (out, draws) if return_draws else out
 
     def caption(self, images: torch.Tensor | np.ndarray, **kwargs: Any) -> list[str]:
@@ -375,8 +392,8 @@ def load(path: str | Path, clip: clip_stage.ShapesCLIP | None = None) -> ShapesL
     if mapper.config.clip_dim != clip.embed_dim:
         raise CheckpointError(f"{path.name!r} expects {mapper.config.clip_dim}-d CLIP embeddings, "
                               f"the CLIP given has {clip.embed_dim}")
-    # Models trained before the context existed read none (their manifests lack the key).
-    config = LLMConfig.from_dict({"read_context": False, **manifest["config"]})
+    # Models trained before the context (or the prompt order) existed lack the keys.
+    config = LLMConfig.from_dict({"read_context": False, "prompt_order": False, **manifest["config"]})
     # The folder's tokenizer is set up for text generation (no <eos> after a prompt); the
     # library reads whole texts, <bos> words <eos>, with the CLIP's tokenizer, as in training.
     return ShapesLLM(ClipCapLM(gpt2, mapper), clip.tokenizer, clip, config, path, manifest.get("history"))
@@ -387,12 +404,13 @@ class LLMBank:
     """Training examples: frozen-CLIP features of ``n`` scenes' images and prompts, and their descriptions.
 
     With ``read_context`` it also keeps each prompt's token ids and each image's CLIP
-    patch tokens (in half precision: 20,000 images of 16 patches take 80 MB).
+    patch tokens (in half precision: 20,000 images of 16 patches take 80 MB). With
+    ``prompt_order`` the upsampling targets name the objects in the prompt's order.
     """
 
     def __init__(self, n: int, clip: clip_stage.ShapesCLIP, seed: int = 0, split: str = "train",
-                 chunk: int = 1000, read_context: bool = True) -> None:
-        from llmimg.data import ShapesWorld
+                 chunk: int = 1000, read_context: bool = True, prompt_order: bool = True) -> None:
+        from llmimg.data import ShapesWorld, describe_in_prompt_order
 
         samples = list(ShapesWorld(seed=seed).samples(n, split))
         images, prompts, patches = [], [], []
@@ -408,15 +426,25 @@ class LLMBank:
         self.prompt_ids = encode(clip.tokenizer, [s.prompt for s in samples], check=False)["input_ids"]
         enc = encode(clip.tokenizer, [s.description for s in samples], check=False)
         self.ids, self.mask = enc["input_ids"], enc["attention_mask"]
+        # Upsampling targets: the description, or (prompt_order) the same description
+        # with its objects in the prompt's order; captions keep reading order.
+        self.upsample_ids, self.upsample_mask = self.ids, self.mask
+        if prompt_order:
+            enc = encode(clip.tokenizer, [describe_in_prompt_order(s.scene, s.prompt) for s in samples],
+                         check=False)
+            self.upsample_ids, self.upsample_mask = enc["input_ids"], enc["attention_mask"]
 
     def batch(self, step: int, batch_size: int, caption_rate: float, seed: int = 0) -> dict[str, Any]:
+        """Training batch ``step``: each row captions (with probability ``caption_rate``) or upsamples."""
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         idx = torch.randint(len(self.ids), (batch_size,), generator=g)
         task = (torch.rand(batch_size, generator=g) < caption_rate).long()  # 1 = caption
-        z = torch.where(task[:, None] == 1, self.image_z[idx], self.prompt_z[idx])
-        mask = self.mask[idx]
+        is_caption = task[:, None] == 1
+        z = torch.where(is_caption, self.image_z[idx], self.prompt_z[idx])
+        ids = torch.where(is_caption, self.ids[idx], self.upsample_ids[idx])
+        mask = torch.where(is_caption, self.mask[idx], self.upsample_mask[idx])
         length = int(mask.sum(1).max())  # drop the columns that are padding in every row: half the compute
-        out: dict[str, Any] = {"z": z, "task": task, "input_ids": self.ids[idx, :length],
+        out: dict[str, Any] = {"z": z, "task": task, "input_ids": ids[:, :length],
                                "attention_mask": mask[:, :length]}
         if self.patches is not None:
             out["context"] = Context(trim_padding(self.prompt_ids[idx]), self.patches[idx].float(),
@@ -428,7 +456,8 @@ def train(config: LLMConfig, clip: clip_stage.ShapesCLIP, *, work_dir: str | Pat
           progress: bool = True) -> ShapesLLM:
     """Train GPT-2 and the prefix mapper on both tasks with the CLIP frozen; returns the model (not saved)."""
     llm = build(config, clip)
-    bank = LLMBank(config.n_train, clip, seed=config.seed, read_context=config.read_context)
+    bank = LLMBank(config.n_train, clip, seed=config.seed, read_context=config.read_context,
+                   prompt_order=config.prompt_order)
 
     def loss(model: nn.Module, b: dict[str, Any]) -> torch.Tensor:
         context = b.get("context")

@@ -11,11 +11,13 @@ from llmimg.data.captions import (
     PartialObject,
     complete_prompt,
     describe,
+    describe_in_prompt_order,
     faithful,
     format_prompt,
     parse_description,
     parse_prompt,
     prompt_matches,
+    reading_order,
     sample_prompt,
 )
 from llmimg.data.dataset import ShapesDataset, scene_labels
@@ -38,6 +40,7 @@ from llmimg.data.world import (
 __all__ = [
     "ATTRIBUTES", "COLOURS", "COLOUR_NAMES", "HELDOUT_PAIRS", "POSITIONS", "SHAPES", "SIZES", "SPLITS",
     "ParseError", "PartialObject", "Sample", "Scene", "ShapeObject", "ShapesDataset", "ShapesWorld",
-    "complete_prompt", "describe", "faithful", "format_prompt", "object_centre", "parse_description", "parse_prompt",
-    "prompt_matches", "render", "render_masks", "sample_prompt", "scene_labels",
+    "complete_prompt", "describe", "describe_in_prompt_order", "faithful", "format_prompt", "object_centre",
+    "parse_description", "parse_prompt", "prompt_matches", "reading_order", "render",
+    "render_masks", "sample_prompt", "scene_labels",
 ]

@@ -65,6 +65,26 @@ def describe(scene: Scene) -> str:
     return " and ".join(_phrase(obj) for obj in scene)
 
 
+def describe_in_prompt_order(scene: Scene, prompt: str | tuple[PartialObject, ...]) -> str:
+    """The full description of ``scene`` with its objects in the order ``prompt`` names them.
+
+    What the upsampler learns to write: copying the prompt's objects in their own order
+    is a left-to-right copy, where reading order would make the model first decide which
+    object comes first and bind every attribute to it. :func:`reading_order` puts the
+    result back in reading order. Raises :class:`ParseError` if ``prompt`` does not match ``scene``.
+    """
+    partials = parse_prompt(prompt) if isinstance(prompt, str) else prompt
+    for perm in itertools.permutations(scene.objects):
+        if len(perm) == len(partials) and all(p.matches(o) for p, o in zip(partials, perm)):
+            return " and ".join(_phrase(obj) for obj in perm)
+    raise ParseError(f"the prompt {format_prompt(partials)!r} does not match the scene {describe(scene)!r}")
+
+
+def reading_order(description: str) -> str:
+    """A full description rewritten with its objects in reading order; raises :class:`ParseError`."""
+    return describe(parse_description(description))
+
+
 def sample_prompt(scene: Scene, rng: np.random.Generator, keep: float = 0.5) -> str:
     """A prompt for ``scene``: each object's shape, each other attribute kept with probability ``keep``."""
     u = rng.random(4 * len(scene))
