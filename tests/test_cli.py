@@ -81,6 +81,9 @@ def test_bench_pipeline_json(smoke_pipeline, smoke_cache):
     assert data["speedup_vs_baseline"] > 1  # 10 steps against 1000, whatever the machine
     assert 0 <= data["all_correct"] <= 1 and 0 <= data["baseline_all_correct"] <= 1
     assert data["peak_rss_mb"] > 0
+    assert data["flops_per_image"] == pytest.approx(sum(data["flops_per_image_by_stage"].values()), abs=3)
+    assert data["peak_matmul_gflops"] > 0 and data["sample_step"]["batch_size"] == 2
+    assert 0 < data["mfu_sample"] < 1 and 0 < data["mfu_train"] < 1
 
 
 def test_reproduce_unknown_notebook_is_a_one_line_error():

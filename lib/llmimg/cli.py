@@ -393,6 +393,11 @@ def _print_pipeline_bench(r: dict) -> None:
     print(f"  vs {r['baseline_setting']} on the same {r['quality_prompts']} prompts: {r['speedup_vs_baseline']:.1f}x "
           f"faster ({r['quality_images_per_s']:.2f} vs {r['baseline_images_per_s']:.3f} images/s); ShapesEval "
           f"all-correct {r['all_correct']:.3f} vs {r['baseline_all_correct']:.3f}")
+    stages = ", ".join(f"{k} {v / 1e6:.1f}" for k, v in r["flops_per_image_by_stage"].items())
+    print(f"  {r['flops_per_image'] / 1e6:.1f} MFLOP per image ({stages}); peak matmul "
+          f"{r['peak_matmul_gflops']:.1f} GFLOP/s; MFU: sampling step {r['mfu_sample']:.1%} "
+          f"(batch {r['sample_step']['batch_size']}), training step {r['mfu_train']:.1%} "
+          f"(batch {r['train_step']['batch_size']})")
 
 
 def _stage(name: str):

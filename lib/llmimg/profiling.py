@@ -7,7 +7,14 @@
   timestep. Both draw the same prompts from the same seeds, side by side in one run,
   and both are scored by ShapesEval, so the speed-up is quoted together with the two
   all-correct rates it was measured at;
-* the process's peak memory (and the GPU's, on a GPU).
+* the process's peak memory (and the GPU's, on a GPU);
+* where the time goes, operator by operator (:func:`top_operators`, ``torch.profiler``);
+* how far the code is from the machine: floating-point operations per image and per
+  stage (:func:`count_flops`, torch's ``FlopCounterMode``: matrix products,
+  convolutions and attention), the measured peak matmul throughput
+  (:func:`peak_matmul_gflops`) and memory bandwidth (:func:`memory_bandwidth_gbs`), and
+  from these the model FLOP utilisation (MFU, the share of that peak a step achieves)
+  of one guided sampling step and one training step of the generator.
 
 Timings are medians of repeated runs after a warm-up run; machines are shared and
 noisy, so compare ratios measured in one run rather than numbers from different runs.
@@ -15,13 +22,17 @@ noisy, so compare ratios measured in one run rather than numbers from different 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import resource
 import statistics
 import sys
 import time
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from llmimg.config import Profile, get_profile
 from llmimg.pipeline import DEFAULT_SCHEDULER, DEFAULT_STEPS, STAGES, ShapesPipeline
@@ -67,6 +78,151 @@ def peak_memory_mb(device: torch.device | None = None) -> dict[str, float]:
     return out
 
 
+# Which stage each top-level module belongs to, by class name (as FlopCounterMode names them):
+# open_clip's encoders call their towers (``Transformer``, ``VisionTransformer``) directly.
+MODEL_STAGES = {"Transformer": "clip", "VisionTransformer": "clip", "CLIP": "clip", "CustomTextCLIP": "clip",
+                "PrefixMapper": "llm", "GPT2LMHeadModel": "llm", "UNet2DConditionModel": "denoise"}
+
+
+def count_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
+    """Floating-point operations of ``fn()``: the total, and by top-level module (class name).
+
+    Counted by ``torch.utils.flop_counter.FlopCounterMode``, which counts matrix products,
+    convolutions and attention (2 operations per multiply-add) and nothing else: the
+    convention of model FLOP utilisation, where element-wise work is overhead.
+    """
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    by_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()
+                 if name != "Global" and "." not in name}
+    return counter.get_total_flops(), by_module
+
+
+def top_operators(fn: Callable[[], Any], *, top: int = 10, trace: str | Path | None = None) -> str:
+    """``torch.profiler``'s table of the ``top`` operators of ``fn()`` by their own CPU time.
+
+    With ``trace`` it also writes a Chrome trace there (open it at ``chrome://tracing``
+    or ui.perfetto.dev), where every operator of the run lies on a timeline.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        fn()
+    if trace is not None:
+        prof.export_chrome_trace(str(trace))
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int = 5, device: torch.device | None = None) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs, after one warm-up run (synchronised on CUDA)."""
+    def sync() -> None:
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    times = []
+    for _ in range(repeats + 1):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def peak_matmul_gflops(size: int = 1024, repeats: int = 5, device: torch.device | str | None = None,
+                       dtype: torch.dtype = torch.float32) -> float:
+    """The device's measured matmul throughput in GFLOP/s: ``2 n³`` operations per ``n × n`` product.
+
+    The yardstick for MFU: what this machine does on the operation deep nets are made
+    of, at a size where the product is compute-bound, with the threads torch uses.
+    """
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    device = torch.device(device or "cpu")
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    return 2 * size**3 / median_seconds(lambda: a @ b, repeats, device) / 1e9
+
+
+def memory_bandwidth_gbs(mib: int = 256, repeats: int = 5, device: torch.device | str | None = None) -> float:
+    """The device's measured memory bandwidth in GB/s: a copy of ``mib`` MiB reads and writes every byte once."""
+    if mib < 1:
+        raise ValueError(f"mib must be positive, got {mib}")
+    device = torch.device(device or "cpu")
+    src = torch.empty(mib * 2**20 // 4, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 4 / median_seconds(lambda: dst.copy_(src), repeats, device) / 1e9
+
+
+def mfu(flops: float, seconds: float, peak_gflops: float) -> float:
+    """Model FLOP utilisation: the share of the peak throughput that ``flops`` in ``seconds`` achieve."""
+    if seconds <= 0 or peak_gflops <= 0:
+        raise ValueError(f"seconds and peak_gflops must be positive, got {seconds} and {peak_gflops}")
+    return flops / seconds / (peak_gflops * 1e9)
+
+
+def sampling_step_cost(pipe: ShapesPipeline, descriptions: Sequence[str], *, repeats: int = 5,
+                       seed: int = 0) -> dict[str, float]:
+    """FLOPs and median seconds of one guided denoising step of the generator on a batch of ``descriptions``."""
+    gen = pipe.generator_stage
+    states, mask = gen.text_states(list(descriptions), check=False)
+    uncond = tuple(x[:1] for x in gen.text_states([""], check=False))
+    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)  # the pipeline's own keeps its state
+
+    def step() -> None:
+        with torch.no_grad():
+            gen.denoise(states, mask, uncond, 1, gen.config.guidance_scale, scheduler,
+                        _generators(seed, len(descriptions)))
+
+    flops, _ = count_flops(step)
+    return {"flops": flops, "seconds": median_seconds(step, repeats, pipe.device)}
+
+
+def training_step_cost(pipe: ShapesPipeline, *, repeats: int = 3, n_bank: int = 256) -> dict[str, float]:
+    """FLOPs (forward and backward) and median seconds of one optimiser step of the generator's training.
+
+    The step is the real one (``make_batch_fn``, ``make_loss_fn``, AdamW) at the
+    generator's batch size, on a copy of its UNet, so the pipeline is left untouched;
+    ``n_bank`` scenes are rendered to draw the batches from.
+    """
+    from llmimg import generator as G
+
+    gen = pipe.generator_stage
+    config = dataclasses.replace(gen.config, n_train=n_bank)
+    batch = G.make_batch_fn(config, gen.text_encoder, G.make_bank(config))
+    loss_fn = G.make_loss_fn(config, gen.scheduler)
+    unet = copy.deepcopy(gen.unet).train().requires_grad_(True)  # the pipeline keeps its UNet frozen
+    optimiser = torch.optim.AdamW(unet.parameters(), lr=config.train.lr)
+    b = {k: v.to(pipe.device) if isinstance(v, torch.Tensor) else v for k, v in batch(0).items()}
+
+    def step() -> None:
+        loss_fn(unet, b).backward()
+        optimiser.step()
+        optimiser.zero_grad(set_to_none=True)
+
+    flops, _ = count_flops(step)
+    return {"flops": flops, "seconds": median_seconds(step, repeats, pipe.device),
+            "batch_size": config.train.batch_size}
+
+
+def flops_by_stage(pipe: ShapesPipeline, prompts: Sequence[str], seed: int = 0, **call: Any) -> dict[str, float]:
+    """FLOPs per image of one pipeline call on ``prompts``: each stage's and the total.
+
+    The generator's text encoder is CLIP's text tower, so its work counts under ``clip``;
+    the LLM's counts include the checker's redraws; ``other`` holds the products outside
+    any model's modules (CLIP's final projections).
+    """
+    total, by_module = count_flops(lambda: pipe(list(prompts), generator=_generators(seed, len(prompts)),
+                                                output_type="pt", **call))
+    stages = dict.fromkeys(("clip", "llm", "denoise", "other"), 0.0)
+    for name, flops in by_module.items():
+        stages[MODEL_STAGES.get(name, "other")] += flops
+    stages["other"] += total - sum(by_module.values())
+    return {**{k: v / len(prompts) for k, v in stages.items()}, "total": total / len(prompts)}
+
+
 def bench_pipeline(profile: str | Profile | None = None, *, n_quality: int | None = None, repeats: int = 5,
                    progress: bool = True, seed: int = 0) -> dict[str, Any]:
     """The pipeline's benchmark as one JSON-ready dict (keys in the README's "Benchmark" section)."""
@@ -93,6 +249,11 @@ def bench_pipeline(profile: str | Profile | None = None, *, n_quality: int | Non
     # The fast setting draws the same prompts from the same seeds right after, so the ratio is like for like.
     all_correct, fast_per_s = sample_and_score(pipe, samples, seed=seed, **fast)
 
+    peak = peak_matmul_gflops(device=pipe.device)
+    per_image = flops_by_stage(pipe, batch32, seed=seed, **fast)
+    sample_step = sampling_step_cost(pipe, [s.description for s in samples[:32]], repeats=repeats, seed=seed)
+    train_step = training_step_cost(pipe)
+
     ms = {k: {stage: round(v, 2) for stage, v in d.items()} for k, d in latency.items()}
     return {
         "profile": str(profile),
@@ -109,8 +270,20 @@ def bench_pipeline(profile: str | Profile | None = None, *, n_quality: int | Non
         "quality_images_per_s": round(fast_per_s, 3),
         "baseline_images_per_s": round(baseline_per_s, 4),
         "speedup_vs_baseline": round(fast_per_s / baseline_per_s, 1),
+        "flops_per_image": round(per_image["total"]),
+        "flops_per_image_by_stage": {k: round(v) for k, v in per_image.items() if k != "total"},
+        "peak_matmul_gflops": round(peak, 1),
+        "memory_bandwidth_gbs": round(memory_bandwidth_gbs(device=pipe.device), 1),
+        "sample_step": {"batch_size": min(32, n_quality), "gflops": round(sample_step["flops"] / 1e9, 2),
+                        "ms": round(1e3 * sample_step["seconds"], 2)},
+        "train_step": {"batch_size": train_step["batch_size"], "gflops": round(train_step["flops"] / 1e9, 2),
+                       "ms": round(1e3 * train_step["seconds"], 2)},
+        "mfu_sample": round(mfu(sample_step["flops"], sample_step["seconds"], peak), 4),
+        "mfu_train": round(mfu(train_step["flops"], train_step["seconds"], peak), 4),
         **{k: round(v, 1) for k, v in peak_memory_mb(pipe.device).items()},
     }
 
 
-__all__ = ["bench_pipeline", "peak_memory_mb", "sample_and_score", "stage_latency"]
+__all__ = ["MODEL_STAGES", "bench_pipeline", "count_flops", "flops_by_stage", "median_seconds",
+           "memory_bandwidth_gbs", "mfu", "peak_matmul_gflops", "peak_memory_mb", "sample_and_score",
+           "sampling_step_cost", "stage_latency", "top_operators", "training_step_cost"]
