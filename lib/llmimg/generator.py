@@ -770,8 +770,6 @@ def evaluate(generator: ShapesGenerator, n: int = 500, *, split: str = "val", nu
 
 __all__ = [
     "SCHEDULERS", "Bank", "GeneratorConfig", "ShapesGenerator", "TextEncoder", "Trajectory", "TrainOutcome",
-    "build_scheduler", "build_unet", "cache_config", "default_config", "encode_texts", "eval_samples", "evaluate", "get",
-    "load",
-    "make_bank",
-    "make_batch_fn", "make_loss_fn", "make_scheduler", "to_images", "to_latents", "train",
+    "build_scheduler", "build_unet", "cache_config", "default_config", "encode_texts", "eval_samples", "evaluate",
+    "get", "load", "make_bank", "make_batch_fn", "make_loss_fn", "make_scheduler", "to_images", "to_latents", "train",
 ]

@@ -36,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from llmimg.config import Profile, get_profile
 from llmimg.pipeline import DEFAULT_SCHEDULER, DEFAULT_STEPS, STAGES, ShapesPipeline
+from llmimg.training import to_device
 
 
 def _generators(seed: int, n: int) -> list[torch.Generator]:
@@ -195,7 +196,7 @@ def training_step_cost(pipe: ShapesPipeline, *, repeats: int = 3, n_bank: int = 
     loss_fn = G.make_loss_fn(config, gen.scheduler)
     unet = copy.deepcopy(gen.unet).train().requires_grad_(True)  # the pipeline keeps its UNet frozen
     optimiser = torch.optim.AdamW(unet.parameters(), lr=config.train.lr)
-    b = {k: v.to(pipe.device) if isinstance(v, torch.Tensor) else v for k, v in batch(0).items()}
+    b = to_device(batch(0), pipe.device)
 
     def step() -> None:
         loss_fn(unet, b).backward()

@@ -220,6 +220,11 @@ class TrainResult:
     evaluations: list[dict[str, Any]] = field(default_factory=list)
 
 
+def to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """A batch with its tensors moved to ``device`` (anything else kept as it is)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def fit(model: nn.Module, batch: Callable[[int], dict[str, Any]],
         loss: Callable[[nn.Module, dict[str, Any]], torch.Tensor], config: TrainConfig, *,
         work_dir: str | Path | None = None, desc: str = "training", device: str | torch.device | None = None,
@@ -264,10 +269,6 @@ def fit(model: nn.Module, batch: Callable[[int], dict[str, Any]],
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
 
-    def to_device(b: dict[str, Any]) -> dict[str, Any]:
-        return {k: v.to(accelerator.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-                for k, v in b.items()}
-
     def checkpoint() -> None:
         if work_dir is not None and accelerator.is_main_process:
             _save_state(work_dir, accelerator.unwrap_model(model), optimizer, state, meta)
@@ -290,7 +291,7 @@ def fit(model: nn.Module, batch: Callable[[int], dict[str, Any]],
         observe()  # an interrupt inside on_step left it unfinished for the step it was given
         for step in range(start, config.steps):
             t0 = time.perf_counter()
-            b = to_device(batch(step * accelerator.num_processes + accelerator.process_index))
+            b = to_device(batch(step * accelerator.num_processes + accelerator.process_index), accelerator.device)
             with accelerator.autocast():
                 value = loss(model, b)
             if not torch.isfinite(value):

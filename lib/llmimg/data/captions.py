@@ -74,10 +74,10 @@ def describe_in_prompt_order(scene: Scene, prompt: str | tuple[PartialObject, ..
     result back in reading order. Raises :class:`ParseError` if ``prompt`` does not match ``scene``.
     """
     partials = parse_prompt(prompt) if isinstance(prompt, str) else prompt
-    for perm in itertools.permutations(scene.objects):
-        if len(perm) == len(partials) and all(p.matches(o) for p, o in zip(partials, perm)):
-            return " and ".join(_phrase(obj) for obj in perm)
-    raise ParseError(f"the prompt {format_prompt(partials)!r} does not match the scene {describe(scene)!r}")
+    objects = _in_prompt_order(partials, scene)
+    if objects is None:
+        raise ParseError(f"the prompt {format_prompt(partials)!r} does not match the scene {describe(scene)!r}")
+    return " and ".join(_phrase(obj) for obj in objects)
 
 
 def reading_order(description: str) -> str:
@@ -169,10 +169,15 @@ def parse_description(text: str) -> Scene:
 def prompt_matches(prompt: str | tuple[PartialObject, ...], scene: Scene) -> bool:
     """Whether ``scene`` has exactly the prompt's objects, each with every attribute the prompt states."""
     partials = parse_prompt(prompt) if isinstance(prompt, str) else prompt
+    return _in_prompt_order(partials, scene) is not None
+
+
+def _in_prompt_order(partials: tuple[PartialObject, ...], scene: Scene) -> tuple[ShapeObject, ...] | None:
+    """The scene's objects matched one to one with the prompt's, in the prompt's order; None if none match."""
     if len(partials) != len(scene):
-        return False
-    return any(all(p.matches(o) for p, o in zip(partials, perm))
-               for perm in itertools.permutations(scene.objects))
+        return None
+    return next((perm for perm in itertools.permutations(scene.objects)
+                 if all(p.matches(o) for p, o in zip(partials, perm))), None)
 
 
 def faithful(prompt: str | tuple[PartialObject, ...], description: str) -> bool:
