@@ -65,8 +65,8 @@ def test_bench_data_only_json():
 
 
 def test_bench_pipeline_json(smoke_pipeline, smoke_cache):
-    result = llmimg("bench", "--profile", "smoke", "--n", "100", "--repeats", "1", "--quality-n", "2", "--json",
-                    env=cache_env(smoke_cache))
+    result = llmimg("bench", "--profile", "smoke", "--n", "100", "--repeats", "1", "--quality-n", "2", "--no-compile",
+                    "--json", env=cache_env(smoke_cache))
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     latency = data["stage_latency_ms"]
@@ -84,6 +84,16 @@ def test_bench_pipeline_json(smoke_pipeline, smoke_cache):
     assert data["flops_per_image"] == pytest.approx(sum(data["flops_per_image_by_stage"].values()), abs=3)
     assert data["peak_matmul_gflops"] > 0 and data["sample_step"]["batch_size"] == 2
     assert 0 < data["mfu_sample"] < 1 and 0 < data["mfu_train"] < 1
+    techniques = data["techniques"]
+    assert techniques["default"]["speedup"] == 1 and {"distilled_1", "deep_cache", "bf16"} <= set(techniques)
+    assert "compile" not in techniques  # --no-compile
+    for row in techniques.values():
+        assert row["speedup"] > 0 and 0 <= row["all_correct"] <= 1 and row["all_correct_se"] >= 0
+    fastest = data["fastest_setting"]
+    assert fastest["name"] in techniques and fastest["speedup_vs_baseline"] > 0 and fastest["images_per_s"] > 0
+    assert data["kv_cache"]["same_tokens"] and data["kv_cache"]["positions_fed_without"] > data["kv_cache"][
+        "positions_fed_with"]
+    assert {(r["scheduler"], r["steps"]) for r in data["sampler_curve"]} >= {("unipc", 1), ("distilled", 1)}
 
 
 def test_reproduce_unknown_notebook_is_a_one_line_error():

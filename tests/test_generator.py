@@ -358,10 +358,11 @@ def gen(trained, text_encoder):
 
 
 def test_every_scheduler_samples(gen):
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+    from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
+                           UniPCMultistepScheduler)
 
     classes = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm++": DPMSolverMultistepScheduler,
-               "euler": EulerDiscreteScheduler}
+               "euler": EulerDiscreteScheduler, "unipc": UniPCMultistepScheduler}
     assert set(G.SCHEDULERS) == set(classes)
     results = {}
     for name, cls in classes.items():
@@ -384,7 +385,7 @@ def test_guidance_combines_conditional_and_unconditional(gen):
         cond = G.unet_output(gen.unet, latents, t, states, mask)
         uncond = G.unet_output(gen.unet, latents, t, ustates.expand(2, -1, -1), umask.expand(2, -1))
     for g in (0.0, 1.0, 2.5, 7.0):
-        out = gen._guided_noise(latents, t, states, mask, (ustates, umask), g)
+        out = G.guided_output(gen.unet, latents, t, states, mask, (ustates, umask), g)
         expected = cond if g <= 1 else uncond + g * (cond - uncond)
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(cond, uncond)
@@ -485,13 +486,13 @@ def test_ddim_steps_along_the_clipped_estimate(gen):
             implied.append((x - a.sqrt()) / (1 - a).sqrt())
         return x
 
-    original = gen._guided_noise
-    gen._guided_noise = lambda x, *args: torch.full_like(x, 3.0)  # sample prediction, clipped to 1
+    original = G.guided_output
+    G.guided_output = lambda unet, x, *args: torch.full_like(x, 3.0)  # sample prediction, clipped to 1
     try:
         gen.denoise(states, mask, gen.text_states([""], check=False), 10, 3.0, sched,
                     torch.Generator().manual_seed(0), on_step=record)
     finally:
-        gen._guided_noise = original
+        G.guided_output = original
     assert gen.config.prediction_type == "sample" and len(implied) == 9
     for noise in implied[1:]:
         torch.testing.assert_close(noise, implied[0])

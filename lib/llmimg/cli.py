@@ -6,8 +6,8 @@
     llmimg data preview --n N --seed S [--split SPLIT] [--caption prompt|description] -o FILE.png
     llmimg generate "PROMPT" [--steps N] [--guidance G] [--scheduler NAME] [--no-llm] [--seed S]
                     [--batch B] [--profile P | --pipeline DIR] -o FILE.png [--json]
-    llmimg bench [--profile P] [--quality-n N] [--no-pipeline] [--json]
-    llmimg train {clip,llm,generator} [--profile P] [--force]
+    llmimg bench [--profile P] [--quality-n N] [--no-pipeline] [--no-compile] [--json]
+    llmimg train {clip,llm,generator,distilled} [--steps N] [--profile P] [--force]
     llmimg eval {clip,llm,generator,pipeline} [--profile P] [--n N] [--json]
     llmimg experiment generator-recipes [--profile P] [--only NAME ...] [--steps N] [--json]
     llmimg experiment seed-spread [--profile P] [--seeds S ...] [--json]
@@ -170,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a stage (or load it if the cache has it)",
                                 description="Train a stage for a profile and keep it in the model cache; the "
                                 "stages it needs are trained first. A cached stage is not retrained unless --force.")
-    train.add_argument("stage", choices=STAGES)
+    train.add_argument("stage", choices=(*STAGES, "distilled"))
+    train.add_argument("--steps", type=int, choices=(1, 2, 4), default=1,
+                       help="distilled: the student's sampling steps (default 1)")
     _add_profile(train, "model size and training length")
     train.add_argument("--force", action="store_true", help="retrain even if the cache has this stage")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -210,9 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--n", type=_positive(1_000_000), default=2000, help="data samples per timed pass")
     bench.add_argument("--repeats", type=_positive(100), default=5, help="timed passes (median reported)")
     bench.add_argument("--quality-n", type=_positive(100_000), default=None,
-                       help="prompts drawn by both the fast setting and the baseline (default: 4 smoke, 32 default, "
-                            "256 full)")
+                       help="prompts drawn by both the fast setting and the 1000-step baseline (default: 4 smoke, "
+                            "64 default, 256 full); the techniques draw at least as many (128 at default)")
     bench.add_argument("--no-pipeline", action="store_true", help="measure data loading only (seconds, not minutes)")
+    bench.add_argument("--no-compile", action="store_true", help="leave torch.compile out of the techniques")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars if a stage must be trained")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
@@ -371,7 +374,7 @@ def _bench(args: argparse.Namespace) -> int:
         from llmimg.profiling import bench_pipeline
 
         result.update(bench_pipeline(args.profile, n_quality=args.quality_n, repeats=args.repeats,
-                                     progress=not args.no_progress))
+                                     progress=not args.no_progress, compile_unet=not args.no_compile))
     if args.json:
         print(json.dumps(result))
         return 0
@@ -398,6 +401,14 @@ def _print_pipeline_bench(r: dict) -> None:
           f"{r['peak_matmul_gflops']:.1f} GFLOP/s; MFU: sampling step {r['mfu_sample']:.1%} "
           f"(batch {r['sample_step']['batch_size']}), training step {r['mfu_train']:.1%} "
           f"(batch {r['train_step']['batch_size']})")
+    print(f"  techniques on {r['technique_prompts']} prompts (speed-up vs the default, ShapesEval all-correct ± se):")
+    for name, t in r["techniques"].items():
+        print(f"    {name:<24} {t['speedup']:5.2f}x  {t['all_correct']:.3f} ± {t['all_correct_se']:.3f}  "
+              f"({t['what']})")
+    f = r["fastest_setting"]
+    print(f"  fastest at equal quality: {f['name']} ({f['what']}): {f['speedup_vs_baseline']:.0f}x the baseline, "
+          f"{f['end_to_end_ms_batch_1']:.1f} ms at batch 1, {f['images_per_s']:.1f} images/s at batch 32, "
+          f"all-correct {f['all_correct']:.3f} ± {f['all_correct_se']:.3f}")
 
 
 def _stage(name: str):
@@ -420,7 +431,11 @@ def _train(args: argparse.Namespace) -> int:
     from llmimg.checkpoints import read_manifest
 
     t0 = time.perf_counter()
-    model = _stage(args.stage).get(args.profile, force=args.force, progress=not args.no_progress)
+    if args.stage == "distilled":
+        model, _ = _stage("distillation").get(args.profile, steps=args.steps, force=args.force,
+                                              progress=not args.no_progress)
+    else:
+        model = _stage(args.stage).get(args.profile, force=args.force, progress=not args.no_progress)
     manifest = read_manifest(model.path)
     print(f"{args.stage} ({model.path.parent.name} profile) ready in {time.perf_counter() - t0:.0f} s: "
           f"{_shown(model.path)}")

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import math
 import numbers
 import time
 from collections.abc import Callable, Sequence
@@ -58,6 +59,7 @@ SCHEDULERS: dict[str, str] = {
     "ddim": "DDIMScheduler",
     "dpm++": "DPMSolverMultistepScheduler",
     "euler": "EulerDiscreteScheduler",
+    "unipc": "UniPCMultistepScheduler",
 }
 RETRAIN = "llmimg train generator --force"
 
@@ -251,6 +253,24 @@ def unet_output(unet: Any, x: torch.Tensor, t: Any, states: torch.Tensor, mask: 
     return unet(x, t, encoder_hidden_states=states, encoder_attention_mask=mask, class_labels=pooled).sample
 
 
+def guided_output(unet: Any, x: torch.Tensor, t: Any, states: torch.Tensor, mask: torch.Tensor,
+                  uncond: tuple[torch.Tensor, torch.Tensor], guidance_scale: float) -> torch.Tensor:
+    """The UNet's output at ``x``, with classifier-free guidance when ``guidance_scale > 1``.
+
+    ``uncond + g · (cond − uncond)`` as in Stable Diffusion, both halves in one batch.
+    ``uncond`` is the ``""`` text's states and mask (one row), cut to the states' length
+    (its two real tokens fit any); ``t`` is one timestep or one per row.
+    """
+    if guidance_scale <= 1.0:
+        return unet_output(unet, x, t, states, mask)
+    b, length = x.shape[0], states.shape[1]
+    both_states = torch.cat([uncond[0][:, :length].expand(b, -1, -1), states])
+    both_mask = torch.cat([uncond[1][:, :length].expand(b, -1).to(mask.dtype), mask])
+    both_t = torch.cat([t, t]) if torch.is_tensor(t) and t.ndim else t
+    uncond_out, cond_out = unet_output(unet, torch.cat([x, x]), both_t, both_states, both_mask).chunk(2)
+    return uncond_out + guidance_scale * (cond_out - uncond_out)
+
+
 def build_scheduler(config: GeneratorConfig):
     """The DDPM training scheduler (epsilon prediction, x0 clipped to [-1, 1] when sampling)."""
     from diffusers import DDPMScheduler
@@ -306,7 +326,8 @@ def make_bank(config: GeneratorConfig) -> Bank:
     return Bank(images, [s.description for s in samples], [s.prompt for s in samples])
 
 
-def _step_generator(seed: int, step: int) -> torch.Generator:
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The random stream of training step ``step``: batches depend on (seed, step) alone, so runs resume exactly."""
     state = np.random.SeedSequence([seed, step]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
@@ -339,7 +360,7 @@ def make_batch_fn(config: GeneratorConfig, text_encoder: TextEncoder | None, ban
         table = encode_texts(text_encoder, ["", *bank.descriptions, *(bank.prompts if config.prompt_rate else [])])
 
     def batch(step: int) -> dict[str, Any]:
-        g = _step_generator(config.train.seed, step)
+        g = step_generator(config.train.seed, step)
         idx = torch.randint(n, (size,), generator=g)
         latents = to_latents(bank.images[idx].float() / 255.0, config.unshuffle)
         drop = torch.rand(size, generator=g) < config.cond_dropout
@@ -535,12 +556,18 @@ class ShapesGenerator:
                  steps: int, guidance_scale: float, sched: Any,
                  generator: list[torch.Generator] | torch.Generator | None, record: set[int] | None = None,
                  progress: bool = False, on_step: Callable[[int, Any, torch.Tensor], torch.Tensor] | None = None,
+                 guidance_end: float = 1.0,
                  ) -> tuple[torch.Tensor, list[tuple[int, float, torch.Tensor, torch.Tensor]]]:
         """The sampling loop with the scheduler instance ``sched``; returns the final latents and snapshots.
 
         ``on_step(i, t, latents)`` runs after each scheduler step and returns the
         latents to go on with (what diffusers' ``callback_on_step_end`` does).
+        ``guidance_end``: guidance runs on the first ``guidance_end`` share of the steps
+        only (rounded up), the rest take the conditional prediction alone, at half the cost.
         """
+        if not 0.0 <= guidance_end <= 1.0:
+            raise ValueError(f"guidance_end is a share of the steps, from 0 to 1, got {guidance_end!r}")
+        guided_steps = math.ceil(guidance_end * steps)
         from diffusers.utils.torch_utils import randn_tensor
         from tqdm.auto import tqdm
 
@@ -554,35 +581,22 @@ class ShapesGenerator:
         abar = self.scheduler.alphas_cumprod.cpu().double().numpy()
         # DDIM clips its x0 estimate but by default steps along the noise of the unclipped one; with a guided
         # sample prediction far outside [-1, 1] the two disagree and more steps made images worse.
-        clipped = ({"use_clipped_model_output": True}
-                   if "use_clipped_model_output" in inspect.signature(sched.step).parameters else {})
+        accepts = inspect.signature(sched.step).parameters
+        step_options = {**({"use_clipped_model_output": True} if "use_clipped_model_output" in accepts else {}),
+                        **({"generator": generator} if "generator" in accepts else {})}  # UniPC draws no noise
         snapshots = []
         for i, t in enumerate(tqdm(sched.timesteps, disable=not progress, desc="sampling", leave=False)):
             x_in = sched.scale_model_input(latents, t)  # variance-preserving frame for every scheduler
-            eps = self._guided_noise(x_in, t, states, mask, uncond, guidance_scale)
+            scale = guidance_scale if i < guided_steps else 1.0
+            eps = guided_output(self.unet, x_in, t, states, mask, uncond, scale)
             if record is not None and i in record:
                 a = float(np.interp(float(t), np.arange(len(abar)), abar))
                 x0 = self._x0(x_in, eps, a)
                 snapshots.append((i, float(t), x_in.cpu(), x0.cpu()))
-            latents = sched.step(eps, t, latents, generator=generator, **clipped).prev_sample
+            latents = sched.step(eps, t, latents, **step_options).prev_sample
             if on_step is not None:
                 latents = on_step(i, t, latents)
         return latents, snapshots
-
-    def _guided_noise(self, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
-                      uncond: tuple[torch.Tensor, torch.Tensor], guidance_scale: float) -> torch.Tensor:
-        """The model output at ``x``, with classifier-free guidance when ``guidance_scale > 1``.
-
-        ``uncond + g · (cond − uncond)`` as in Stable Diffusion; both halves in one batch.
-        """
-        if guidance_scale <= 1.0:
-            return unet_output(self.unet, x, t, states, mask)
-        b = x.shape[0]
-        both_states = torch.cat([uncond[0].expand(b, -1, -1), states])
-        both_mask = torch.cat([uncond[1].expand(b, -1).to(mask.dtype), mask])
-        out = unet_output(self.unet, torch.cat([x, x]), t, both_states, both_mask)
-        uncond_out, cond_out = out.chunk(2)
-        return uncond_out + guidance_scale * (cond_out - uncond_out)
 
     def _x0(self, x: torch.Tensor, out: torch.Tensor, abar: float) -> torch.Tensor:
         """The clean-image estimate from the model output ``out`` at a sample ``x`` of noise level ``abar``."""
@@ -771,5 +785,6 @@ def evaluate(generator: ShapesGenerator, n: int = 500, *, split: str = "val", nu
 __all__ = [
     "SCHEDULERS", "Bank", "GeneratorConfig", "ShapesGenerator", "TextEncoder", "Trajectory", "TrainOutcome",
     "build_scheduler", "build_unet", "cache_config", "default_config", "encode_texts", "eval_samples", "evaluate",
-    "get", "load", "make_bank", "make_batch_fn", "make_loss_fn", "make_scheduler", "to_images", "to_latents", "train",
+    "get", "guided_output", "load", "make_bank", "make_batch_fn", "make_loss_fn", "make_scheduler", "step_generator",
+    "to_images", "to_latents", "train",
 ]

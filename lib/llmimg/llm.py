@@ -189,6 +189,28 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0).masked_fill(attention_mask == 0, 0)
 
 
+@torch.no_grad()
+def greedy_decode(lm: Any, z: torch.Tensor, tasks: torch.Tensor, context: Any = None, n_new: int = CONTEXT_LENGTH,
+                  use_cache: bool = True) -> torch.Tensor:
+    """Greedy token ids ``(B, n_new)`` of a :class:`ClipCapLM`, written token by token, with or without the KV cache.
+
+    Without the cache every step feeds the whole sequence again (prefix and all tokens so
+    far), which is what "no KV cache" costs; transformers' ``generate`` cannot show this,
+    since it keeps the cache on when generating from ``inputs_embeds``. Both paths give the
+    same tokens (notebook 04 writes this loop out; notebook 08 times it).
+    """
+    (x, mask), past, ids = lm.prefix_embeds(z, tasks, context), None, []
+    for _ in range(n_new):
+        out = lm.gpt2(inputs_embeds=x, attention_mask=mask, position_ids=positions(mask)[:, -x.shape[1]:],
+                      past_key_values=past, use_cache=use_cache)
+        next_id = out.logits[:, -1].argmax(-1)
+        ids.append(next_id)
+        new = lm.gpt2.get_input_embeddings()(next_id)[:, None]
+        mask = torch.cat([mask, mask.new_ones(len(mask), 1)], 1)
+        past, x = (out.past_key_values, new) if use_cache else (None, torch.cat([x, new], 1))
+    return torch.stack(ids, 1)
+
+
 @dataclass
 class Context:
     """What GPT-2 reads between the prefix and ``<bos>``: a prompt's token ids, CLIP patch tokens, or both kinds.
@@ -218,7 +240,8 @@ def trim_padding(ids: torch.Tensor) -> torch.Tensor:
     return ids[:, :int((ids != PAD_ID).sum(1).max())]
 
 
-def _task_ids(task: str, n: int, device: torch.device) -> torch.Tensor:
+def task_ids(task: str, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The task token ids ``(n,)`` that tell the prefix mapper to upsample or to caption."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     return torch.full((n,), TASKS.index(task), dtype=torch.long, device=device)
@@ -254,14 +277,14 @@ class ShapesLLM:
             raise ValueError(f"temperature must be positive, got {temperature}")
         if num_beams < 1:
             raise ValueError(f"num_beams must be at least 1, got {num_beams}")
-        task_ids = _task_ids(task, len(z), self.device)
+        tasks = task_ids(task, len(z), self.device)
         if self.config.read_context and context is None:
             raise ValueError("this LLM reads a context beside the prefix: pass context=llm.context(prompts=...) "
                              "or context=llm.context(images=...)")
         if seed is not None:
             torch.manual_seed(seed)
         z = z.to(self.device)
-        embeds, mask = self.lm.prefix_embeds(z, task_ids, None if context is None else context.to(z.device))
+        embeds, mask = self.lm.prefix_embeds(z, tasks, None if context is None else context.to(z.device))
         options: dict[str, Any] = {"do_sample": do_sample, "num_beams": num_beams}
         if do_sample:
             options.update(temperature=temperature, top_k=top_k or 0)
@@ -628,6 +651,6 @@ def evaluate(llm: ShapesLLM, n: int = 500, split: str = "val", seed: int = 0,
             "n_two_objects": by_objects[2], "n": n, "seconds": seconds}
 
 
-__all__ = ["ClipCapLM", "Context", "LLMBank", "LLMConfig", "OPEN_ATTRIBUTES", "PrefixMapper", "ShapesLLM", "TASKS", "build",
-           "caption_scores", "default_config", "evaluate", "get", "load", "open_attributes", "positions",
-           "total_variation", "train", "upsampling_scores"]
+__all__ = ["ClipCapLM", "Context", "LLMBank", "LLMConfig", "OPEN_ATTRIBUTES", "PrefixMapper", "ShapesLLM", "TASKS",
+           "build", "caption_scores", "default_config", "evaluate", "get", "greedy_decode", "load", "open_attributes",
+           "positions", "task_ids", "total_variation", "train", "upsampling_scores"]

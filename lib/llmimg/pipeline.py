@@ -209,6 +209,19 @@ class ShapesPipeline(DiffusionPipeline):
         self.scheduler = gen_stage.make_scheduler(name, self.scheduler.config)
         return self
 
+    def use_generator(self, generator: gen_stage.ShapesGenerator, scheduler: str = "ddim") -> ShapesPipeline:
+        """Swap in another generator on the same CLIP (e.g. a distilled one, :mod:`llmimg.distillation`); returns self.
+
+        Its UNet, its config (so its default guidance scale) and the sampler ``scheduler``
+        replace the current ones; call with the step count it was trained for.
+        """
+        if generator.unet.config.cross_attention_dim != self.unet.config.cross_attention_dim:
+            raise ValueError("this generator reads text states of another width: it was trained on another CLIP")
+        self.register_modules(unet=generator.unet.to(self.device),
+                              scheduler=gen_stage.make_scheduler(scheduler, generator.scheduler.config))
+        self.register_to_config(stage_configs={**self.config.stage_configs, "generator": generator.config.as_dict()})
+        return self
+
     # -- saving and loading -----------------------------------------------------------
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
         """diffusers' ``save_pretrained`` plus :data:`CODE_FILE`, written into a temporary folder first.
@@ -266,14 +279,15 @@ class ShapesPipeline(DiffusionPipeline):
                  upsample: bool = True, output_type: str = "pil", return_dict: bool = True,
                  do_sample: bool = True, temperature: float = 1.0,
                  callback_on_step_end: Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]] | None = None,
-                 ) -> ShapesPipelineOutput | tuple:
+                 guidance_end: float = 1.0) -> ShapesPipelineOutput | tuple:
         """Draw one image per prompt.
 
         ``upsample=True`` lets the LLM write a full description of each prompt (sampled
         with ``temperature`` and redrawn when it contradicts the prompt, or greedy with
         ``do_sample=False``; see :meth:`llmimg.llm.ShapesLLM.upsample_from`) and draws that;
         ``upsample=False`` draws the prompt itself. ``guidance_scale`` (None: the
-        generator's trained default) turns on classifier-free guidance above 1.
+        generator's trained default) turns on classifier-free guidance above 1, on the
+        first ``guidance_end`` share of the steps (1: all of them).
         ``generator`` seeds everything random: the LLM's sampling and the initial noise
         (one generator for the batch, or one per prompt as in diffusers). The noise of
         prompt k depends only on its generator; the LLM samples the whole batch from one
@@ -313,7 +327,7 @@ class ShapesPipeline(DiffusionPipeline):
 
         with timer.stage("denoise"):
             latents, _ = gen.denoise(states, mask, uncond, num_inference_steps, guidance_scale, self.scheduler,
-                                      generator, on_step=on_step)
+                                      generator, on_step=on_step, guidance_end=guidance_end)
         with timer.stage("postprocess"):
             images = gen_stage.to_images(latents.float().cpu(), gen.config.unshuffle)
             if output_type != "pt":

@@ -28,6 +28,7 @@ import resource
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -225,19 +226,27 @@ def flops_by_stage(pipe: ShapesPipeline, prompts: Sequence[str], seed: int = 0, 
 
 
 def bench_pipeline(profile: str | Profile | None = None, *, n_quality: int | None = None, repeats: int = 5,
-                   progress: bool = True, seed: int = 0) -> dict[str, Any]:
+                   progress: bool = True, seed: int = 0, compile_unet: bool = True) -> dict[str, Any]:
     """The pipeline's benchmark as one JSON-ready dict (keys in the README's "Benchmark" section)."""
     from diffusers import DDPMScheduler
 
     from llmimg import pipeline as P
     from llmimg.data import ShapesWorld
 
+    from llmimg import distillation
+    from llmimg import techniques as T
+    from llmimg.evaluation import standard_error
+
     profile = get_profile(profile)
-    n_quality = n_quality or profile.pick(smoke=4, default=32, full=256)
+    n_quality = n_quality or profile.pick(smoke=4, default=64, full=256)
+    n_techniques = max(n_quality, profile.pick(smoke=4, default=128, full=512))
     pipe = P.get(profile, progress=progress)
+    students = {steps: distillation.get(profile, steps=steps, progress=progress)[0] for steps in (2, 1)}
     world = ShapesWorld(seed=seed, max_objects=2)
-    samples = list(world.samples(n_quality, "val"))
-    batch32 = [s.prompt for s in world.samples(32, "val", start=n_quality)]
+    samples = list(world.samples(n_techniques, "val"))
+    prompts = [s.prompt for s in samples]
+    samples = samples[:n_quality]
+    batch32 = [s.prompt for s in world.samples(32, "val", start=n_techniques)]
     fast = {"num_inference_steps": DEFAULT_STEPS}
     latency = {"batch_1": stage_latency(pipe, batch32[:1], repeats=repeats, seed=seed, **fast),
                "batch_32": stage_latency(pipe, batch32, repeats=repeats, seed=seed, **fast)}
@@ -246,9 +255,23 @@ def bench_pipeline(profile: str | Profile | None = None, *, n_quality: int | Non
     fast_scheduler = pipe.scheduler
     pipe.scheduler = DDPMScheduler.from_config(fast_scheduler.config)
     baseline_all_correct, baseline_per_s = sample_and_score(pipe, samples, seed=seed, num_inference_steps=steps)
+    baseline_ms = 1e3 / baseline_per_s
     pipe.scheduler = fast_scheduler
     # The fast setting draws the same prompts from the same seeds right after, so the ratio is like for like.
     all_correct, fast_per_s = sample_and_score(pipe, samples, seed=seed, **fast)
+
+    baseline = {"all_correct": baseline_all_correct, "all_correct_se": standard_error(baseline_all_correct, n_quality)}
+    techniques = T.default_techniques(students, compile_unet=compile_unet)
+    compared = T.compare(pipe, techniques, prompts, baseline, seed=seed, progress=progress)
+    fastest, fastest_technique = compared["fastest"], compared["fastest_technique"]
+    switch = fastest_technique.switch(pipe) if fastest_technique.switch is not None else nullcontext()
+    with switch:
+        fastest_latency = {n: stage_latency(pipe, batch32[:n], repeats=repeats, seed=seed,
+                                            **{**fast, **fastest_technique.call})["total"] for n in (1, 32)}
+    curve = T.sampler_curve(pipe, prompts, seed=seed, distilled=students)
+    kv = T.kv_cache(pipe, batch32, repeats=repeats)
+    by_batch = {n: T.measure(pipe, techniques[0], batch32, batch_size=n, seed=seed)["ms_per_image"]
+                for n in (1, 8, 32)}
 
     peak = peak_matmul_gflops(device=pipe.device)
     per_image = flops_by_stage(pipe, batch32, seed=seed, **fast)
@@ -279,6 +302,21 @@ def bench_pipeline(profile: str | Profile | None = None, *, n_quality: int | Non
                         "ms": round(1e3 * sample_step["seconds"], 2)},
         "train_step": {"batch_size": train_step["batch_size"], "gflops": round(train_step["flops"] / 1e9, 2),
                        "ms": round(1e3 * train_step["seconds"], 2)},
+        "techniques": {r["name"]: {"what": r["what"], "speedup": round(r["speedup"], 3),
+                                   "ms_per_image": round(r["ms_per_image"], 2),
+                                   "all_correct": round(r["all_correct"], 4),
+                                   "all_correct_se": round(r["all_correct_se"], 4)} for r in compared["rows"]},
+        "technique_prompts": n_techniques,
+        "fastest_setting": {"name": fastest["name"], "what": fastest["what"],
+                            "speedup_vs_baseline": round(baseline_ms / fastest["ms_per_image"], 1),
+                            "all_correct": round(fastest["all_correct"], 4),
+                            "all_correct_se": round(fastest["all_correct_se"], 4),
+                            "baseline_all_correct_se": round(baseline["all_correct_se"], 4),
+                            "end_to_end_ms_batch_1": round(fastest_latency[1], 2),
+                            "images_per_s": round(32_000 / fastest_latency[32], 2)},
+        "sampler_curve": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in curve],
+        "kv_cache": {k: round(v, 3) if isinstance(v, float) else v for k, v in kv.items()},
+        "images_per_s_by_batch_size": {str(n): round(1e3 / ms, 2) for n, ms in by_batch.items()},
         "mfu_sample": round(mfu(sample_step["flops"], sample_step["seconds"], peak), 4),
         "mfu_train": round(mfu(train_step["flops"], train_step["seconds"], peak), 4),
         **{k: round(v, 1) for k, v in peak_memory_mb(pipe.device).items()},

@@ -1,0 +1,134 @@
+"""Speed techniques (llmimg.techniques): each switch changes what it says, gives the same images where it should,
+and leaves the pipeline as it found it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmimg import techniques as T
+from llmimg.data import ShapesWorld
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return [s.prompt for s in ShapesWorld(seed=4).samples(3, "val")]
+
+
+def draw(pipe, prompts, **call):
+    gens = [torch.Generator().manual_seed(k) for k in range(len(prompts))]
+    return pipe(prompts, num_inference_steps=3, generator=gens, output_type="pt", upsample=False, **call).images
+
+
+def unet_rows(pipe, fn):
+    rows = []
+    hook = pipe.unet.conv_in.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+    try:
+        fn()
+    finally:
+        hook.remove()
+    return rows
+
+
+@pytest.mark.parametrize("switch", [T.two_pass_guidance, T.plain_attention, T.channels_last,
+                                    lambda p: T.threads(1)], ids=["two_pass", "plain_attention", "channels_last",
+                                                                 "one_thread"])
+def test_exact_switches_give_the_same_images_and_leave_the_pipeline_as_it_was(smoke_pipeline, prompts, switch):
+    pipe = smoke_pipeline
+    before = (pipe.unet.forward, dict(pipe.unet.attn_processors), torch.get_num_threads())
+    reference = draw(pipe, prompts, guidance_scale=3.0)
+    with switch(pipe):
+        switched = draw(pipe, prompts, guidance_scale=3.0)
+    torch.testing.assert_close(switched, reference, atol=1e-4, rtol=0)
+    assert (pipe.unet.forward, dict(pipe.unet.attn_processors), torch.get_num_threads()) == before
+    assert pipe.unet.conv_in.weight.is_contiguous()
+
+
+def test_two_pass_guidance_really_calls_the_unet_twice_per_step(smoke_pipeline, prompts):
+    batched = unet_rows(smoke_pipeline, lambda: draw(smoke_pipeline, prompts, guidance_scale=3.0))
+    with T.two_pass_guidance(smoke_pipeline):
+        two = unet_rows(smoke_pipeline, lambda: draw(smoke_pipeline, prompts, guidance_scale=3.0))
+    assert batched == [6, 6, 6] and two == [3] * 6
+
+
+def test_guidance_on_part_of_the_steps_halves_the_later_calls(smoke_pipeline, prompts):
+    rows = unet_rows(smoke_pipeline, lambda: draw(smoke_pipeline, prompts, guidance_scale=3.0, guidance_end=0.5))
+    assert rows == [6, 6, 3]  # ceil(0.5 · 3) = 2 guided steps
+    torch.testing.assert_close(draw(smoke_pipeline, prompts, guidance_scale=3.0, guidance_end=0.0),
+                               draw(smoke_pipeline, prompts, guidance_scale=1.0))
+    with pytest.raises(ValueError, match="guidance_end"):
+        draw(smoke_pipeline, prompts, guidance_end=1.5)
+
+
+def test_bf16_autocast_draws_nearly_the_same_images(smoke_pipeline, prompts):
+    reference = draw(smoke_pipeline, prompts)
+    with T.bf16(smoke_pipeline):
+        approx = draw(smoke_pipeline, prompts)
+    assert (approx - reference).abs().mean() < 0.05
+
+
+def test_the_scheduler_switch_restores_the_sampler(smoke_pipeline):
+    before = type(smoke_pipeline.scheduler).__name__
+    with T.scheduler(smoke_pipeline, "ddim"):
+        assert type(smoke_pipeline.scheduler).__name__ == "DDIMScheduler"
+    assert type(smoke_pipeline.scheduler).__name__ == before
+
+
+def test_measure_reports_time_and_quality_with_its_standard_error(smoke_pipeline, prompts):
+    row = T.measure(smoke_pipeline, T.Technique("ddim_2", "DDIM at 2 steps", {"num_inference_steps": 2},
+                                                lambda p: T.scheduler(p, "ddim")), prompts, batch_size=2)
+    assert row["name"] == "ddim_2" and row["n"] == 3 and row["ms_per_image"] > 0
+    assert 0 <= row["all_correct"] <= 1 and row["all_correct_se"] >= 0
+    with pytest.raises(ValueError, match="at least one prompt"):
+        T.measure(smoke_pipeline, T.Technique("x", "x"), [])
+
+
+def test_equal_quality_allows_one_standard_error_of_the_difference():
+    ref = {"all_correct": 0.90, "all_correct_se": 0.03}
+    assert T.equal_quality({"all_correct": 0.87, "all_correct_se": 0.03}, ref)  # 0.03 below, se of diff 0.042
+    assert not T.equal_quality({"all_correct": 0.80, "all_correct_se": 0.03}, ref)
+
+
+def test_the_kv_cache_comparison_writes_the_same_tokens_and_really_recomputes_without(smoke_pipeline, prompts):
+    out = T.kv_cache(smoke_pipeline, prompts, n_new=6, repeats=1)
+    assert out["same_tokens"]
+    # With the cache: the prefix once, then one position per new token; without: the growing sequence each time.
+    prefix = out["positions_fed_with"] - 5
+    assert out["positions_fed_without"] == sum(prefix + k for k in range(6))
+    assert out["ms_with"] > 0 and out["ms_without"] > 0
+
+
+def test_the_sampler_curve_has_one_point_per_sampler_and_step_count(smoke_pipeline, prompts):
+    rows = T.sampler_curve(smoke_pipeline, prompts, schedulers=("ddim", "euler"), steps=(1, 2))
+    assert [(r["scheduler"], r["steps"]) for r in rows] == [("ddim", 1), ("ddim", 2), ("euler", 1), ("euler", 2)]
+    assert all(r["unet_rows_per_image"] == 2 * r["steps"] for r in rows)  # guided: two rows per step
+
+
+def test_deep_cache_skips_the_deep_blocks_on_cached_steps_and_rebuilds_the_outer_ring_exactly(smoke_pipeline, prompts):
+    pipe = smoke_pipeline
+    forward = pipe.unet.forward
+    deep = []
+    hook = pipe.unet.down_blocks[-1].register_forward_pre_hook(lambda m, args, kwargs: deep.append(1), with_kwargs=True)
+    try:
+        with T.deep_cache(pipe, interval=1):
+            every_step = draw(pipe, prompts)
+        torch.testing.assert_close(every_step, draw(pipe, prompts))
+        deep.clear()
+        with T.deep_cache(pipe, interval=2):
+            draw(pipe, prompts)
+            assert len(deep) == 2  # 3 steps: full, cached, full
+            # At (almost) the same timestep the cached features are the fresh ones: the outer ring alone must
+            # then give what the whole UNet gives.
+            x = torch.randn(2, pipe.unet.config.in_channels, 8, 8)
+            states, mask = pipe.generator_stage.text_states(["a red circle", "a blue square"], check=False)
+            kw = {"encoder_hidden_states": states, "encoder_attention_mask": mask,
+                  "class_labels": states[:, 0] if pipe.unet.config.class_embed_type else None}
+            full = pipe.unet(x, torch.tensor(500.0), **kw).sample
+            cached = pipe.unet(x, torch.tensor(499.999), **kw).sample
+        torch.testing.assert_close(cached, full, atol=1e-3, rtol=1e-3)
+    finally:
+        hook.remove()
+    assert pipe.unet.forward == forward
+    with pytest.raises(ValueError, match="interval"):
+        with T.deep_cache(pipe, interval=0):
+            pass
