@@ -91,6 +91,8 @@ def test_bench_pipeline_json(smoke_pipeline, smoke_cache):
         assert row["speedup"] > 0 and 0 <= row["all_correct"] <= 1 and row["all_correct_se"] >= 0
     fastest = data["fastest_setting"]
     assert fastest["name"] in techniques and fastest["speedup_vs_baseline"] > 0 and fastest["images_per_s"] > 0
+    assert isinstance(fastest["meets_baseline_quality"], bool) and fastest["baseline_all_correct_se"] > 0  # floored
+    assert all(isinstance(t["kept"], bool) for t in data["stack_trials"])
     assert data["kv_cache"]["same_tokens"] and data["kv_cache"]["positions_fed_without"] > data["kv_cache"][
         "positions_fed_with"]
     assert {(r["scheduler"], r["steps"]) for r in data["sampler_curve"]} >= {("unipc", 1), ("distilled", 1)}

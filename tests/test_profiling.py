@@ -69,3 +69,22 @@ def test_operator_table_and_trace(tmp_path):
     table = prof.top_operators(lambda: a @ a, top=3, trace=tmp_path / "trace.json")
     assert "aten::mm" in table and "Self CPU" in table
     assert (tmp_path / "trace.json").stat().st_size > 0
+
+
+def test_each_unet_call_reads_the_unets_weights_once(smoke_pipeline):
+    pipe = smoke_pipeline
+    unet_bytes = sum(p.numel() * p.element_size() for m in pipe.unet.modules() if not isinstance(m, torch.nn.Embedding)
+                     for p in m.parameters(recurse=False))
+    read = prof.weight_bytes_read(pipe, lambda: pipe("a red circle", num_inference_steps=3, upsample=False,
+                                                     generator=torch.Generator().manual_seed(0), output_type="pt"))
+    assert read["denoise"] == 3 * unet_bytes  # guidance is batched: one call per step
+    assert read["clip"] > 0 and read["llm"] == 0  # no LLM without upsampling
+
+
+def test_roofline_points_place_every_stage(smoke_pipeline):
+    points = prof.roofline_points(smoke_pipeline, ["a red circle", "a blue square"], repeats=1, num_inference_steps=2)
+    assert [p["stage"] for p in points] == ["clip", "llm", "denoise"]
+    for p in points:
+        assert p["batch_size"] == 2 and p["flops"] > 0 and p["bytes"] > 0 and p["ms"] > 0
+        assert p["intensity"] == pytest.approx(p["flops"] / p["bytes"])
+        assert p["gflop_per_s"] == pytest.approx(p["flops"] / (p["ms"] * 1e6))

@@ -3,6 +3,8 @@ and leaves the pipeline as it found it."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 
@@ -31,8 +33,8 @@ def unet_rows(pipe, fn):
 
 
 @pytest.mark.parametrize("switch", [T.two_pass_guidance, T.plain_attention, T.channels_last,
-                                    lambda p: T.threads(1)], ids=["two_pass", "plain_attention", "channels_last",
-                                                                 "one_thread"])
+                                    lambda p: T.threads(1), T.cached_text_states],
+                         ids=["two_pass", "plain_attention", "channels_last", "one_thread", "cached_text_states"])
 def test_exact_switches_give_the_same_images_and_leave_the_pipeline_as_it_was(smoke_pipeline, prompts, switch):
     pipe = smoke_pipeline
     before = (pipe.unet.forward, dict(pipe.unet.attn_processors), torch.get_num_threads())
@@ -42,6 +44,7 @@ def test_exact_switches_give_the_same_images_and_leave_the_pipeline_as_it_was(sm
     torch.testing.assert_close(switched, reference, atol=1e-4, rtol=0)
     assert (pipe.unet.forward, dict(pipe.unet.attn_processors), torch.get_num_threads()) == before
     assert pipe.unet.conv_in.weight.is_contiguous()
+    assert "text_states" not in vars(pipe.generator_stage)
 
 
 def test_two_pass_guidance_really_calls_the_unet_twice_per_step(smoke_pipeline, prompts):
@@ -87,6 +90,41 @@ def test_equal_quality_allows_one_standard_error_of_the_difference():
     ref = {"all_correct": 0.90, "all_correct_se": 0.03}
     assert T.equal_quality({"all_correct": 0.87, "all_correct_se": 0.03}, ref)  # 0.03 below, se of diff 0.042
     assert not T.equal_quality({"all_correct": 0.80, "all_correct_se": 0.03}, ref)
+
+
+def test_a_perfect_score_still_leaves_one_trial_of_doubt():
+    perfect = {"all_correct": 1.0, "all_correct_se": 0.0, "n": 64}
+    assert T.quality_se(perfect) == pytest.approx((1 / 64 * 63 / 64 / 64) ** 0.5)
+    assert T.equal_quality({"all_correct": 63 / 64, "all_correct_se": 0.0155, "n": 64}, perfect)  # 1 below
+    assert not T.equal_quality({"all_correct": 62 / 64, "all_correct_se": 0.0217, "n": 64}, perfect)  # 2 below
+    assert T.equal_quality(perfect, perfect)
+
+
+def fake_rows(ms_by_what):
+    """A stand-in for measure: each setting's time from ``ms_by_what`` (keyed by ``what``), all scoring 60/64."""
+    def fake(pipe, technique, prompts, **kw):
+        return {"name": technique.name, "what": technique.what, "ms_per_image": ms_by_what[technique.what],
+                "all_correct": 60 / 64, "all_correct_se": 0.03, "n": 64}
+    return fake
+
+
+def test_the_stack_keeps_only_switches_that_make_it_faster(monkeypatch):
+    def switch(p):
+        return nullcontext()
+    techniques = [T.Technique("default", "default"), T.Technique("few", "few", {"num_inference_steps": 2}),
+                  T.Technique("a", "a", switch=switch), T.Technique("b", "b", switch=switch),
+                  T.Technique("c", "c", switch=switch)]
+    # a and b help alone; together with few, a helps and b slows it down; c does not help at all.
+    ms = {"default": 40.0, "few": 10.0, "a": 30.0, "b": 20.0, "c": 39.5, "few + b": 12.0, "few + a": 8.0}
+    monkeypatch.setattr(T, "measure", fake_rows(ms))
+    reference = {"all_correct": 61 / 64, "all_correct_se": 0.027, "n": 64}
+    out = T.compare(None, techniques, ["p"], reference)
+    assert [(r["what"], r["kept"]) for r in out["stack_trials"]] == [("few + b", False), ("few + a", True)]
+    assert out["fastest"]["name"] == "stack" and out["fastest"]["what"] == "few + a" and out["meets_reference"]
+    assert out["fastest_technique"].call == {"num_inference_steps": 2}
+    perfect = {"all_correct": 1.0, "all_correct_se": 0.0, "n": 2000}  # nothing keeps it: held to the default's
+    out = T.compare(None, techniques, ["p"], perfect)
+    assert not out["meets_reference"] and out["fastest"]["what"] == "few + a"
 
 
 def test_the_kv_cache_comparison_writes_the_same_tokens_and_really_recomputes_without(smoke_pipeline, prompts):

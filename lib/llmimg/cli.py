@@ -406,6 +406,8 @@ def _print_pipeline_bench(r: dict) -> None:
         print(f"    {name:<24} {t['speedup']:5.2f}x  {t['all_correct']:.3f} ± {t['all_correct_se']:.3f}  "
               f"({t['what']})")
     f = r["fastest_setting"]
+    if not f["meets_baseline_quality"]:
+        print("  no setting kept the baseline's quality, not even the default; below, the fastest at the default's")
     print(f"  fastest at equal quality: {f['name']} ({f['what']}): {f['speedup_vs_baseline']:.0f}x the baseline, "
           f"{f['end_to_end_ms_batch_1']:.1f} ms at batch 1, {f['images_per_s']:.1f} images/s at batch 32, "
           f"all-correct {f['all_correct']:.3f} ± {f['all_correct_se']:.3f}")

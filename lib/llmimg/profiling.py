@@ -14,7 +14,8 @@
   convolutions and attention), the measured peak matmul throughput
   (:func:`peak_matmul_gflops`) and memory bandwidth (:func:`memory_bandwidth_gbs`), and
   from these the model FLOP utilisation (MFU, the share of that peak a step achieves)
-  of one guided sampling step and one training step of the generator.
+  of one guided sampling step and one training step of the generator, and each stage's
+  point on a roofline (:func:`roofline_points`: FLOPs over the weight bytes it reads).
 
 Timings are medians of repeated runs after a warm-up run; machines are shared and
 noisy, so compare ratios measured in one run rather than numbers from different runs.
@@ -40,8 +41,8 @@ from llmimg.pipeline import DEFAULT_SCHEDULER, DEFAULT_STEPS, STAGES, ShapesPipe
 from llmimg.training import to_device
 
 
-def _generators(seed: int, n: int) -> list[torch.Generator]:
-    """One noise stream per image, so image k is the same whatever the batch it is in."""
+def noise_generators(seed: int, n: int) -> list[torch.Generator]:
+    """One noise stream per image, seeded ``seed + k`` for image k, so it is the same whatever batch it is in."""
     return [torch.Generator().manual_seed(seed + k) for k in range(n)]
 
 
@@ -50,25 +51,10 @@ def stage_latency(pipe: ShapesPipeline, prompts: Sequence[str], *, repeats: int 
     """Median milliseconds of each stage and of the whole call for the batch ``prompts`` (after one warm-up run)."""
     runs = []
     for _ in range(repeats + 1):
-        out = pipe(list(prompts), generator=_generators(seed, len(prompts)), output_type="pt", **call)
+        out = pipe(list(prompts), generator=noise_generators(seed, len(prompts)), output_type="pt", **call)
         runs.append(out.timings)
     runs = runs[1:]  # the first run pays for lazy initialisation
     return {k: statistics.median(r[k] for r in runs) for k in (*STAGES, "total")}
-
-
-def sample_and_score(pipe: ShapesPipeline, samples: Sequence[Any], *, batch_size: int = 32, seed: int = 0,
-                     **call: Any) -> tuple[float, float]:
-    """ShapesEval all-correct of ``pipe`` on the samples' prompts, and its images per second."""
-    from llmimg.evaluation import shapes_eval
-
-    prompts = [s.prompt for s in samples]
-    gens = _generators(seed, len(prompts))
-    images, t0 = [], time.perf_counter()
-    for i in range(0, len(prompts), batch_size):
-        images.append(pipe(prompts[i:i + batch_size], generator=gens[i:i + batch_size], output_type="pt",
-                           **call).images)
-    seconds = time.perf_counter() - t0
-    return shapes_eval(torch.cat(images), prompts).all_correct, len(prompts) / seconds
 
 
 def peak_memory_mb(device: torch.device | None = None) -> dict[str, float]:
@@ -176,7 +162,7 @@ def sampling_step_cost(pipe: ShapesPipeline, descriptions: Sequence[str], *, rep
     def step() -> None:
         with torch.no_grad():
             gen.denoise(states, mask, uncond, 1, gen.config.guidance_scale, scheduler,
-                        _generators(seed, len(descriptions)))
+                        noise_generators(seed, len(descriptions)))
 
     flops, _ = count_flops(step)
     return {"flops": flops, "seconds": median_seconds(step, repeats, pipe.device)}
@@ -216,7 +202,7 @@ def flops_by_stage(pipe: ShapesPipeline, prompts: Sequence[str], seed: int = 0, 
     the LLM's counts include the checker's redraws; ``other`` holds the products outside
     any model's modules (CLIP's final projections).
     """
-    total, by_module = count_flops(lambda: pipe(list(prompts), generator=_generators(seed, len(prompts)),
+    total, by_module = count_flops(lambda: pipe(list(prompts), generator=noise_generators(seed, len(prompts)),
                                                 output_type="pt", **call))
     stages = dict.fromkeys(("clip", "llm", "denoise", "other"), 0.0)
     for name, flops in by_module.items():
@@ -225,17 +211,71 @@ def flops_by_stage(pipe: ShapesPipeline, prompts: Sequence[str], seed: int = 0, 
     return {**{k: v / len(prompts) for k, v in stages.items()}, "total": total / len(prompts)}
 
 
+COMPONENT_STAGES = {"clip": "clip", "llm": "llm", "prefix_mapper": "llm", "unet": "denoise"}
+
+
+def weight_bytes_read(pipe: ShapesPipeline, fn: Callable[[], Any]) -> dict[str, float]:
+    """Bytes of weights each stage reads during ``fn()``: every layer's own weights, once per call of that layer.
+
+    A lower bound on a stage's memory traffic (activations, and weights evicted from
+    cache and read again, come on top), so ``FLOPs / bytes`` is an upper bound on its
+    arithmetic intensity. Embedding tables are left out: a lookup reads a few rows,
+    not the table.
+    """
+    read = dict.fromkeys(("clip", "llm", "denoise"), 0.0)
+    hooks, seen = [], set()
+    for component, stage in COMPONENT_STAGES.items():
+        model = pipe.components.get(component)
+        if not isinstance(model, torch.nn.Module):
+            continue
+        for layer in model.modules():
+            if id(layer) in seen or isinstance(layer, torch.nn.Embedding):
+                continue
+            seen.add(id(layer))
+            size = sum(p.numel() * p.element_size() for p in layer.parameters(recurse=False))
+            if size:
+                hooks.append(layer.register_forward_hook(
+                    lambda _m, _a, _o, s=stage, b=size: read.__setitem__(s, read[s] + b)))
+    try:
+        fn()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return read
+
+
+def roofline_points(pipe: ShapesPipeline, prompts: Sequence[str], *, repeats: int = 3, seed: int = 0,
+                    **call: Any) -> list[dict[str, float]]:
+    """Each model stage of one call on ``prompts`` as a point for a roofline plot.
+
+    One row per stage (``clip``, ``llm``, ``denoise``): its FLOPs (:func:`count_flops`),
+    the weight bytes it reads (:func:`weight_bytes_read`), the arithmetic intensity
+    ``flops / bytes``, its median milliseconds (:func:`stage_latency`) and the
+    throughput it reached, ``gflop_per_s``. Plot them with :func:`llmimg.viz.roofline`.
+    """
+    def run() -> None:
+        pipe(list(prompts), generator=noise_generators(seed, len(prompts)), output_type="pt", **call)
+
+    _, by_module = count_flops(run)
+    flops = dict.fromkeys(("clip", "llm", "denoise"), 0.0)
+    for name, n in by_module.items():
+        if MODEL_STAGES.get(name) in flops:
+            flops[MODEL_STAGES[name]] += n
+    bytes_read = weight_bytes_read(pipe, run)
+    latency = stage_latency(pipe, prompts, repeats=repeats, seed=seed, **call)
+    ms = {"clip": latency["clip_encode"], "llm": latency["llm_generate"], "denoise": latency["denoise"]}
+    return [{"stage": stage, "batch_size": len(prompts), "flops": flops[stage], "bytes": bytes_read[stage],
+             "intensity": flops[stage] / max(bytes_read[stage], 1.0), "ms": ms[stage],
+             "gflop_per_s": flops[stage] / (ms[stage] * 1e6)} for stage in flops]
+
+
 def bench_pipeline(profile: str | Profile | None = None, *, n_quality: int | None = None, repeats: int = 5,
                    progress: bool = True, seed: int = 0, compile_unet: bool = True) -> dict[str, Any]:
     """The pipeline's benchmark as one JSON-ready dict (keys in the README's "Benchmark" section)."""
-    from diffusers import DDPMScheduler
-
-    from llmimg import pipeline as P
-    from llmimg.data import ShapesWorld
-
     from llmimg import distillation
+    from llmimg import pipeline as P
     from llmimg import techniques as T
-    from llmimg.evaluation import standard_error
+    from llmimg.data import ShapesWorld
 
     profile = get_profile(profile)
     n_quality = n_quality or profile.pick(smoke=4, default=64, full=256)
@@ -252,15 +292,13 @@ def bench_pipeline(profile: str | Profile | None = None, *, n_quality: int | Non
                "batch_32": stage_latency(pipe, batch32, repeats=repeats, seed=seed, **fast)}
 
     steps = pipe.scheduler.config.num_train_timesteps
-    fast_scheduler = pipe.scheduler
-    pipe.scheduler = DDPMScheduler.from_config(fast_scheduler.config)
-    baseline_all_correct, baseline_per_s = sample_and_score(pipe, samples, seed=seed, num_inference_steps=steps)
-    baseline_ms = 1e3 / baseline_per_s
-    pipe.scheduler = fast_scheduler
+    quality = [s.prompt for s in samples]
+    naive = T.Technique("baseline", f"ddpm {steps} steps", {"num_inference_steps": steps},
+                        lambda p: T.scheduler(p, "ddpm"))
+    baseline = T.measure(pipe, naive, quality, seed=seed, warm_up=False)
     # The fast setting draws the same prompts from the same seeds right after, so the ratio is like for like.
-    all_correct, fast_per_s = sample_and_score(pipe, samples, seed=seed, **fast)
-
-    baseline = {"all_correct": baseline_all_correct, "all_correct_se": standard_error(baseline_all_correct, n_quality)}
+    fast_row = T.measure(pipe, T.Technique("fast", "default", fast), quality, seed=seed, warm_up=False)
+    baseline_ms = baseline["ms_per_image"]
     techniques = T.default_techniques(students, compile_unet=compile_unet)
     compared = T.compare(pipe, techniques, prompts, baseline, seed=seed, progress=progress)
     fastest, fastest_technique = compared["fastest"], compared["fastest_technique"]
@@ -289,11 +327,11 @@ def bench_pipeline(profile: str | Profile | None = None, *, n_quality: int | Non
         "fast_setting": f"{DEFAULT_SCHEDULER} {DEFAULT_STEPS} steps",
         "baseline_setting": f"ddpm {steps} steps",
         "quality_prompts": n_quality,
-        "all_correct": round(all_correct, 4),
-        "baseline_all_correct": round(baseline_all_correct, 4),
-        "quality_images_per_s": round(fast_per_s, 3),
-        "baseline_images_per_s": round(baseline_per_s, 4),
-        "speedup_vs_baseline": round(fast_per_s / baseline_per_s, 1),
+        "all_correct": round(fast_row["all_correct"], 4),
+        "baseline_all_correct": round(baseline["all_correct"], 4),
+        "quality_images_per_s": round(1e3 / fast_row["ms_per_image"], 3),
+        "baseline_images_per_s": round(1e3 / baseline_ms, 4),
+        "speedup_vs_baseline": round(baseline_ms / fast_row["ms_per_image"], 1),
         "flops_per_image": round(per_image["total"]),
         "flops_per_image_by_stage": {k: round(v) for k, v in per_image.items() if k != "total"},
         "peak_matmul_gflops": round(peak, 1),
@@ -307,11 +345,15 @@ def bench_pipeline(profile: str | Profile | None = None, *, n_quality: int | Non
                                    "all_correct": round(r["all_correct"], 4),
                                    "all_correct_se": round(r["all_correct_se"], 4)} for r in compared["rows"]},
         "technique_prompts": n_techniques,
+        "stack_trials": [{"what": r["what"], "ms_per_image": round(r["ms_per_image"], 2),
+                          "all_correct": round(r["all_correct"], 4), "kept": r["kept"]}
+                         for r in compared["stack_trials"]],
         "fastest_setting": {"name": fastest["name"], "what": fastest["what"],
                             "speedup_vs_baseline": round(baseline_ms / fastest["ms_per_image"], 1),
                             "all_correct": round(fastest["all_correct"], 4),
                             "all_correct_se": round(fastest["all_correct_se"], 4),
-                            "baseline_all_correct_se": round(baseline["all_correct_se"], 4),
+                            "baseline_all_correct_se": round(T.quality_se(baseline), 4),
+                            "meets_baseline_quality": compared["meets_reference"],
                             "end_to_end_ms_batch_1": round(fastest_latency[1], 2),
                             "images_per_s": round(32_000 / fastest_latency[32], 2)},
         "sampler_curve": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in curve],
@@ -323,6 +365,7 @@ def bench_pipeline(profile: str | Profile | None = None, *, n_quality: int | Non
     }
 
 
-__all__ = ["MODEL_STAGES", "bench_pipeline", "count_flops", "flops_by_stage", "median_seconds",
-           "memory_bandwidth_gbs", "mfu", "peak_matmul_gflops", "peak_memory_mb", "sample_and_score",
-           "sampling_step_cost", "stage_latency", "top_operators", "training_step_cost"]
+__all__ = ["COMPONENT_STAGES", "MODEL_STAGES", "bench_pipeline", "count_flops", "flops_by_stage", "median_seconds",
+           "memory_bandwidth_gbs", "mfu", "noise_generators", "peak_matmul_gflops", "peak_memory_mb",
+           "roofline_points", "sampling_step_cost", "stage_latency", "top_operators", "training_step_cost",
+           "weight_bytes_read"]

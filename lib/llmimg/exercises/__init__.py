@@ -19,8 +19,10 @@ from llmimg.exercises.pretrained import *  # noqa: F403
 from llmimg.exercises.pretrained import __all__ as _pretrained_all
 from llmimg.exercises.shapes_world import *  # noqa: F403
 from llmimg.exercises.shapes_world import __all__ as _data_all
+from llmimg.exercises.speed import *  # noqa: F403
+from llmimg.exercises.speed import __all__ as _speed_all
 from llmimg.exercises.welcome import *  # noqa: F403
 from llmimg.exercises.welcome import __all__ as _welcome_all
 
 __all__ = ["Feedback", *_welcome_all, *_math_all, *_data_all, *_clip_all, *_llm_all, *_generator_all, *_pipeline_all,
-           *_pretrained_all]
+           *_speed_all, *_pretrained_all]
