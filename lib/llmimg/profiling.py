@@ -29,7 +29,6 @@ import resource
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -302,8 +301,7 @@ def bench_pipeline(profile: str | Profile | None = None, *, n_quality: int | Non
     techniques = T.default_techniques(students, compile_unet=compile_unet)
     compared = T.compare(pipe, techniques, prompts, baseline, seed=seed, progress=progress)
     fastest, fastest_technique = compared["fastest"], compared["fastest_technique"]
-    switch = fastest_technique.switch(pipe) if fastest_technique.switch is not None else nullcontext()
-    with switch:
+    with fastest_technique.applied(pipe):
         fastest_latency = {n: stage_latency(pipe, batch32[:n], repeats=repeats, seed=seed,
                                             **{**fast, **fastest_technique.call})["total"] for n in (1, 32)}
     curve = T.sampler_curve(pipe, prompts, seed=seed, distilled=students)

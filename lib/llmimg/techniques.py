@@ -6,7 +6,8 @@ steps, the LLM sampling with its checker, fp32, SDPA attention): other call opti
 (a sampler and step count, greedy decoding, guidance on part of the steps, no LLM), a
 *switch* applied around the calls (plain attention, ``channels_last``, bf16 autocast,
 ``torch.compile``, one thread, classifier-free guidance as two UNet passes instead of
-one batched pass, text states cached per text), or another generator (a distilled student, :mod:`llmimg.distillation`).
+one batched pass, text states cached per text), or another generator (a distilled
+student, :mod:`llmimg.distillation`).
 
 :func:`measure` draws the same prompts from the same seeds for every technique, in
 batches, after one untimed warm-up batch, and scores the images with ShapesEval
@@ -45,6 +46,10 @@ class Technique:
     what: str
     call: dict[str, Any] = field(default_factory=dict)
     switch: Switch | None = None
+
+    def applied(self, pipe: ShapesPipeline) -> ContextManager[Any]:
+        """The switch around ``pipe``'s calls, or nothing for a technique of call options only."""
+        return self.switch(pipe) if self.switch is not None else nullcontext()
 
 
 # -- switches -------------------------------------------------------------------------
@@ -262,8 +267,7 @@ def measure(pipe: ShapesPipeline, technique: Technique, prompts: Sequence[str], 
     if not prompts:
         raise ValueError("measure needs at least one prompt")
     call = {"num_inference_steps": DEFAULT_STEPS, **technique.call}
-    switch = technique.switch(pipe) if technique.switch is not None else nullcontext()
-    with switch:
+    with technique.applied(pipe):
         t0 = time.perf_counter()
         if warm_up:
             first = prompts[:batch_size]
@@ -474,6 +478,6 @@ def kv_cache(pipe: ShapesPipeline, prompts: Sequence[str], *, n_new: int = 24, r
             "ms_without": without_ms, "speedup": without_ms / with_ms}
 
 
-__all__ = ["Technique", "bf16", "channels_last", "combine", "compare", "compiled", "deep_cache", "default_techniques",
-           "equal_quality", "generator",
-           "kv_cache", "measure", "plain_attention", "sampler_curve", "scheduler", "threads", "two_pass_guidance"]
+__all__ = ["Technique", "bf16", "cached_text_states", "channels_last", "combine", "compare", "compiled", "deep_cache",
+           "default_techniques", "equal_quality", "generator", "kv_cache", "measure", "plain_attention", "quality_se",
+           "sampler_curve", "scheduler", "threads", "two_pass_guidance"]
