@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from llmimg.pipeline import ShapesPipeline
 
 STAGES = ("clip", "llm", "generator")
+JOINT_REGIMES = ("separate", "sequential", "joint", "cycle", "reward")  # llmimg.joint.REGIMES (a test checks)
 
 
 def _positive(limit: int):
@@ -56,7 +57,7 @@ def _seed(text: str) -> int:
     return value
 
 
-def _guidance(text: str) -> float:
+def _non_negative(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -108,7 +109,7 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     gen.add_argument("prompt", help="what to draw, in ShapesWorld's words (e.g. 'a red circle')")
     gen.add_argument("--steps", type=_positive(1000), default=None, metavar="N",
                      help="denoising steps, 1-1000 (default: 10, the pipeline's DEFAULT_STEPS)")
-    gen.add_argument("--guidance", type=_guidance, default=None, metavar="G",
+    gen.add_argument("--guidance", type=_non_negative, default=None, metavar="G",
                      help="classifier-free guidance scale, >= 0, on above 1 (default: the model's)")
     gen.add_argument("--scheduler", choices=_Schedulers(), default=None, metavar="NAME",
                      help="sampler: %(choices)s (default: dpm++, the pipeline's DEFAULT_SCHEDULER)")
@@ -170,9 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a stage (or load it if the cache has it)",
                                 description="Train a stage for a profile and keep it in the model cache; the "
                                 "stages it needs are trained first. A cached stage is not retrained unless --force.")
-    train.add_argument("stage", choices=(*STAGES, "distilled"))
+    train.add_argument("stage", choices=(*STAGES, "distilled", "joint"))
     train.add_argument("--steps", type=int, choices=(1, 2, 4), default=1,
                        help="distilled: the student's sampling steps (default 1)")
+    train.add_argument("--regime", choices=JOINT_REGIMES, default=None,
+                       help="joint: the training regime (required for joint; see notebook 07)")
+    train.add_argument("--lam", type=_non_negative, default=None,
+                       help="joint: λ, the weight of the LLM's loss in the joint and cycle regimes (default 1)")
     _add_profile(train, "model size and training length")
     train.add_argument("--force", action="store_true", help="retrain even if the cache has this stage")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -180,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a trained stage (training it first if needed)",
                                    description="Evaluate a stage on held-out ShapesWorld data; with --json print "
                                    "one JSON object (keys: see the README).")
-    evaluate.add_argument("stage", choices=(*STAGES, "pipeline"))
+    evaluate.add_argument("stage", choices=(*STAGES, "pipeline", "joint"))
     _add_profile(evaluate, "which trained stage")
     evaluate.add_argument("--n", type=_positive(100_000), default=None,
                           help="held-out examples to evaluate on (default: the profile's)")
@@ -433,6 +438,10 @@ def _train(args: argparse.Namespace) -> int:
     from llmimg.checkpoints import read_manifest
 
     t0 = time.perf_counter()
+    if args.stage == "joint":
+        return _train_joint(args)
+    if (args.regime, args.lam) != (None, None):
+        raise SystemExit("llmimg train: --regime and --lam are for 'llmimg train joint' only")
     if args.stage == "distilled":
         model, _ = _stage("distillation").get(args.profile, steps=args.steps, force=args.force,
                                               progress=not args.no_progress)
@@ -451,8 +460,38 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_joint(args: argparse.Namespace) -> int:
+    from llmimg import joint
+
+    if args.regime is None:
+        raise SystemExit(f"llmimg train joint: choose a regime with --regime ({', '.join(JOINT_REGIMES)})")
+    result = joint.run(args.regime, args.profile, lam=args.lam, progress=not args.no_progress, force=args.force)
+    m = result.metrics
+    print(f"joint training, {args.regime} regime ({result.path.parent.name} profile): {result.config.train.steps} "
+          f"optimiser steps of {result.config.train.batch_size} in {result.train_seconds:.0f} s: {_shown(result.path)}")
+    print(", ".join(f"{k} {m[k]:.3f} ± {m[k + '_se']:.3f}" for k in joint.METRICS) + f" (n = {m['n']})")
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from llmimg.config import get_profile
+
+    if args.stage == "joint":
+        from llmimg import joint
+
+        if args.n is not None:
+            raise SystemExit("llmimg eval joint: --n is fixed by the profile (every regime is scored on the same "
+                             "scenes when it is trained)")
+        runs = joint.compare_all(args.profile, progress=not args.no_progress)
+        summary = {"stage": "joint", "profile": get_profile(args.profile).name,
+                   "regimes": {name: r.summary() for name, r in runs.items()},
+                   "verdict": joint.verdict(runs)}
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            print(joint.table(runs).to_string(float_format=lambda v: f"{v:.3f}"))
+            print(summary["verdict"])
+        return 0
 
     stage = _stage(args.stage)
     model = stage.get(args.profile, progress=not args.no_progress)

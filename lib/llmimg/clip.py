@@ -111,8 +111,8 @@ def preprocess(images: torch.Tensor | np.ndarray) -> torch.Tensor:
         x = x[None]
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"expected images of shape (B, 3, H, W) or (B, H, W, 3) uint8, got {tuple(x.shape)}")
-    mean = torch.tensor(IMAGE_MEAN, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGE_STD, dtype=x.dtype).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGE_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x.float() - mean) / std
 
 

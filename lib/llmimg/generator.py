@@ -253,6 +253,21 @@ def unet_output(unet: Any, x: torch.Tensor, t: Any, states: torch.Tensor, mask: 
     return unet(x, t, encoder_hidden_states=states, encoder_attention_mask=mask, class_labels=pooled).sample
 
 
+def clean_estimate(prediction_type: str, x: torch.Tensor, out: torch.Tensor,
+                   abar: float | torch.Tensor) -> torch.Tensor:
+    """The clean-image estimate x̂₀ from the UNet's output ``out`` at a sample ``x`` of noise level ``abar``.
+
+    ``abar`` is ᾱ_t, a number or a tensor that broadcasts against ``x`` (one per row).
+    """
+    if prediction_type == "epsilon":
+        x0 = (x - (1 - abar) ** 0.5 * out) / abar**0.5
+    elif prediction_type == "v_prediction":
+        x0 = abar**0.5 * x - (1 - abar) ** 0.5 * out
+    else:
+        x0 = out
+    return x0.clamp(-1, 1)
+
+
 def guided_output(unet: Any, x: torch.Tensor, t: Any, states: torch.Tensor, mask: torch.Tensor,
                   uncond: tuple[torch.Tensor, torch.Tensor], guidance_scale: float) -> torch.Tensor:
     """The UNet's output at ``x``, with classifier-free guidance when ``guidance_scale > 1``.
@@ -369,7 +384,7 @@ def make_batch_fn(config: GeneratorConfig, text_encoder: TextEncoder | None, ban
         # Drawn last, and only when used, so that description-only runs keep their old batches.
         short = (torch.rand(size, generator=g) < config.prompt_rate) if config.prompt_rate \
             else torch.zeros(size, dtype=torch.bool)
-        out = {"latents": latents, "noise": noise, "timesteps": timesteps}
+        out = {"latents": latents, "noise": noise, "timesteps": timesteps, "index": idx}
         if table is None:
             texts = ["" if d else (bank.prompts[i] if p else bank.descriptions[i])
                      for d, p, i in zip(drop.tolist(), short.tolist(), idx.tolist())]
@@ -387,23 +402,27 @@ def make_loss_fn(config: GeneratorConfig, scheduler: Any):
 
     def loss(unet: torch.nn.Module, b: dict[str, Any]) -> torch.Tensor:
         noisy = scheduler.add_noise(b["latents"], b["noise"], b["timesteps"])
-        pred = unet_output(unet, noisy, b["timesteps"], b["states"], b["mask"])
-        if config.prediction_type == "epsilon":
-            target = b["noise"]
-        elif config.prediction_type == "v_prediction":
-            target = scheduler.get_velocity(b["latents"], b["noise"], b["timesteps"])
-        else:
-            target = b["latents"]
-        err = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
-        if config.snr_gamma is None:
-            return err.mean()
-        abar = scheduler.alphas_cumprod.to(err.device)[b["timesteps"]].float()
-        snr = abar / (1 - abar)
-        weight = snr.clamp(max=config.snr_gamma) / {"epsilon": snr, "v_prediction": snr + 1, "sample": 1}[
-            config.prediction_type]
-        return (err * weight).mean()
+        return diffusion_loss(config, scheduler, unet_output(unet, noisy, b["timesteps"], b["states"], b["mask"]), b)
 
     return loss
+
+
+def diffusion_loss(config: GeneratorConfig, scheduler: Any, pred: torch.Tensor, b: dict[str, Any]) -> torch.Tensor:
+    """The weighted denoising error of the UNet's output ``pred`` on batch ``b`` (what :func:`make_loss_fn` uses)."""
+    if config.prediction_type == "epsilon":
+        target = b["noise"]
+    elif config.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(b["latents"], b["noise"], b["timesteps"])
+    else:
+        target = b["latents"]
+    err = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+    if config.snr_gamma is None:
+        return err.mean()
+    abar = scheduler.alphas_cumprod.to(err.device)[b["timesteps"]].float()
+    snr = abar / (1 - abar)
+    weight = snr.clamp(max=config.snr_gamma) / {"epsilon": snr, "v_prediction": snr + 1, "sample": 1}[
+        config.prediction_type]
+    return (err * weight).mean()
 
 
 @dataclass
@@ -599,15 +618,7 @@ class ShapesGenerator:
         return latents, snapshots
 
     def _x0(self, x: torch.Tensor, out: torch.Tensor, abar: float) -> torch.Tensor:
-        """The clean-image estimate from the model output ``out`` at a sample ``x`` of noise level ``abar``."""
-        kind = self.config.prediction_type
-        if kind == "epsilon":
-            x0 = (x - (1 - abar) ** 0.5 * out) / abar**0.5
-        elif kind == "v_prediction":
-            x0 = abar**0.5 * x - (1 - abar) ** 0.5 * out
-        else:
-            x0 = out
-        return x0.clamp(-1, 1)
+        return clean_estimate(self.config.prediction_type, x, out, abar)
 
     def _run(self, descriptions: Sequence[str], num_inference_steps: int, guidance_scale: float | None,
              scheduler: str, seed: int, generator: torch.Generator | None, batch_size: int, progress: bool,
@@ -784,7 +795,7 @@ def evaluate(generator: ShapesGenerator, n: int = 500, *, split: str = "val", nu
 
 __all__ = [
     "SCHEDULERS", "Bank", "GeneratorConfig", "ShapesGenerator", "TextEncoder", "Trajectory", "TrainOutcome",
-    "build_scheduler", "build_unet", "cache_config", "default_config", "encode_texts", "eval_samples", "evaluate",
-    "get", "guided_output", "load", "make_bank", "make_batch_fn", "make_loss_fn", "make_scheduler", "step_generator",
-    "to_images", "to_latents", "train",
+    "build_scheduler", "build_unet", "cache_config", "clean_estimate", "default_config", "diffusion_loss",
+    "encode_texts", "eval_samples", "evaluate", "get", "guided_output", "load", "make_bank", "make_batch_fn",
+    "make_loss_fn", "make_scheduler", "step_generator", "to_images", "to_latents", "train",
 ]

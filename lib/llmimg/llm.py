@@ -171,8 +171,12 @@ class ClipCapLM(nn.Module):
         return torch.where(is_image[..., None], ie, pe), torch.where(is_image, im, pm)
 
     def forward(self, z: torch.Tensor, task: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor, context: Context | None = None) -> torch.Tensor:
-        """Mean cross-entropy of the description tokens (``input_ids`` = ``<bos>`` description ``<eos>`` pads)."""
+                attention_mask: torch.Tensor, context: Context | None = None, per_row: bool = False) -> torch.Tensor:
+        """Mean cross-entropy of the description tokens (``input_ids`` = ``<bos>`` description ``<eos>`` pads).
+
+        With ``per_row`` it returns each row's summed negative log-likelihood (B,), -log q(D | prefix):
+        what a policy gradient weighs (:mod:`llmimg.joint`'s reward regime).
+        """
         start, start_mask = self.prefix_embeds(z, task, context)
         start, start_mask = start[:, :-1], start_mask[:, :-1]  # <bos> comes with input_ids
         embeds = torch.cat([start, self.gpt2.get_input_embeddings()(input_ids)], dim=1)
@@ -180,8 +184,13 @@ class ClipCapLM(nn.Module):
         labels = input_ids.masked_fill(attention_mask == 0, -100)
         labels[:, 0] = -100  # <bos> is given, not predicted
         labels = torch.cat([labels.new_full(start.shape[:2], -100), labels], dim=1)
-        return self.gpt2(inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask),
-                         labels=labels).loss
+        if not per_row:
+            return self.gpt2(inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask),
+                             labels=labels).loss
+        logits = self.gpt2(inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask)).logits
+        nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), labels[:, 1:], ignore_index=-100,
+                              reduction="none")
+        return nll.sum(1)
 
 
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -462,6 +471,10 @@ class LLMBank:
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         idx = torch.randint(len(self.ids), (batch_size,), generator=g)
         task = (torch.rand(batch_size, generator=g) < caption_rate).long()  # 1 = caption
+        return self.rows(idx, task)
+
+    def rows(self, idx: torch.Tensor, task: torch.Tensor) -> dict[str, Any]:
+        """The batch of examples ``idx``, each captioning (``task`` 1) or upsampling (0)."""
         is_caption = task[:, None] == 1
         z = torch.where(is_caption, self.image_z[idx], self.prompt_z[idx])
         ids = torch.where(is_caption, self.ids[idx], self.upsample_ids[idx])

@@ -229,7 +229,8 @@ def fit(model: nn.Module, batch: Callable[[int], dict[str, Any]],
         loss: Callable[[nn.Module, dict[str, Any]], torch.Tensor], config: TrainConfig, *,
         work_dir: str | Path | None = None, desc: str = "training", device: str | torch.device | None = None,
         progress: bool = True, meta: dict | None = None,
-        on_step: Callable[[int, nn.Module], dict[str, Any] | None] | None = None) -> TrainResult:
+        on_step: Callable[[int, nn.Module], dict[str, Any] | None] | None = None,
+        log: Callable[[nn.Module], dict[str, float]] | None = None) -> TrainResult:
     """Train ``model`` for ``config.steps`` optimiser steps and return it with its history.
 
     ``batch(i)`` returns the ``i``-th batch as a dict of CPU tensors (and anything
@@ -240,6 +241,9 @@ def fit(model: nn.Module, batch: Callable[[int], dict[str, Any]],
     runs after optimiser step ``n`` (1-based) on the main process, e.g. to evaluate the
     model along the way (it should leave the model in training mode); what it returns,
     if not ``None``, is kept in :attr:`TrainResult.evaluations` and survives a resume.
+
+    ``log(model)`` runs on logged steps after the backward pass, before clipping: what
+    it returns (e.g. each part's gradient norm) joins that step's history entry.
 
     An interrupted run (Ctrl-C anywhere, even inside ``on_step``) that is resumed ends
     bit-identical to an uninterrupted one, with the same history and evaluations.
@@ -298,6 +302,8 @@ def fit(model: nn.Module, batch: Callable[[int], dict[str, Any]],
                 raise FloatingPointError(f"{desc}: the loss became {value.item()} at step {step}; "
                                          "lower the learning rate")
             accelerator.backward(value)
+            logged = step + 1 == config.steps or (step + 1) % config.log_every == 0
+            extra = log(accelerator.unwrap_model(model)) if log is not None and logged else {}
             if config.grad_clip:
                 accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
             # From here to the end of the block the step is applied and recorded whole: a Ctrl-C
@@ -307,9 +313,9 @@ def fit(model: nn.Module, batch: Callable[[int], dict[str, Any]],
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.running.append(value.item())
-                if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+                if logged:
                     mean = sum(state.running) / len(state.running)
-                    state.history.append({"step": step + 1, "loss": mean, "lr": scheduler.get_last_lr()[0]})
+                    state.history.append({"step": step + 1, "loss": mean, "lr": scheduler.get_last_lr()[0], **extra})
                     bar.set_postfix(loss=f"{mean:.4f}")
                     state.running = []
                 state.train_seconds += time.perf_counter() - t0

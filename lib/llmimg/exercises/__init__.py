@@ -9,6 +9,8 @@ from llmimg.exercises.clip import __all__ as _clip_all
 from llmimg.exercises.feedback import Feedback
 from llmimg.exercises.generator import *  # noqa: F403
 from llmimg.exercises.generator import __all__ as _generator_all
+from llmimg.exercises.joint import *  # noqa: F403
+from llmimg.exercises.joint import __all__ as _joint_all
 from llmimg.exercises.llm import *  # noqa: F403
 from llmimg.exercises.llm import __all__ as _llm_all
 from llmimg.exercises.math import *  # noqa: F403
@@ -25,4 +27,4 @@ from llmimg.exercises.welcome import *  # noqa: F403
 from llmimg.exercises.welcome import __all__ as _welcome_all
 
 __all__ = ["Feedback", *_welcome_all, *_math_all, *_data_all, *_clip_all, *_llm_all, *_generator_all, *_pipeline_all,
-           *_speed_all, *_pretrained_all]
+           *_joint_all, *_speed_all, *_pretrained_all]
