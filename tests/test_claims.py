@@ -42,9 +42,10 @@ def test_prompt_rate_picks_the_training_texts(smoke_clip):
         texts = G.make_batch_fn(config, None, bank)(0)["texts"]
         assert all(t == "" or t in source for t in texts)
         assert any(t != "" for t in texts)
-    # A description-only batch is the same as before prompt_rate existed: states, not texts.
+    # A description-only batch is the same as before prompt_rate existed: states, not texts
+    # (and the bank rows it drew, which joint training pairs with the LLM's rows of the same scenes).
     b = G.make_batch_fn(G.default_config("smoke"), smoke_clip, bank)(0)
-    assert {"latents", "noise", "timesteps", "states", "mask"} == set(b)
+    assert {"latents", "noise", "timesteps", "states", "mask", "index"} == set(b)
 
 
 @pytest.fixture(scope="module")
