@@ -182,7 +182,11 @@ class GPT2TextEncoder(nn.Module):
         enc = encode(self.tokenizer, list(texts), check=False)
         device = next(self.gpt2.parameters()).device
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-        return self.gpt2(input_ids=ids, attention_mask=mask).last_hidden_state, mask
+        return self.hidden(ids, mask), mask
+
+    def hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The states the generator reads of token ids: here the body's last layer."""
+        return self.gpt2(input_ids=ids, attention_mask=mask).last_hidden_state
 
     @torch.no_grad()
     def token_states(self, texts: list[str], check: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -218,11 +218,8 @@ def text_states(body: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch
 class LLMStates(claims.GPT2TextEncoder):
     """The generator's text encoder in every regime: :func:`text_states` of a GPT-2 body."""
 
-    def states(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = encode(self.tokenizer, list(texts), check=False)
-        device = next(self.gpt2.parameters()).device
-        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-        return text_states(self.gpt2, ids, mask), mask
+    def hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return text_states(self.gpt2, ids, mask)
 
 
 class JointModel(nn.Module):
@@ -236,14 +233,15 @@ class JointModel(nn.Module):
     def __init__(self, config: JointConfig, start: Start) -> None:
         super().__init__()
         self.config, self.generator_config = config, start.generator_config
-        self.llm_config, self.shapes_clip = start.llm.config, start.llm.clip
-        self.tokenizer = start.llm.tokenizer
+        self.llm_config, self.tokenizer = start.llm.config, start.llm.tokenizer
         self.scheduler = gen_stage.build_scheduler(start.generator_config)
         self.lm = copy.deepcopy(start.llm.lm)
         self.unet = copy.deepcopy(start.unet)
         coupled = config.regime in ("sequential", "joint", "cycle")
         self.text = self.lm.gpt2.transformer if coupled else copy.deepcopy(self.lm.gpt2.transformer)
         self.clip = copy.deepcopy(start.llm.clip.model).requires_grad_(False)  # frozen: the cycle's image tower
+        # The same copy behind the writer's encoders, so it moves with the module (accelerate, .to).
+        self.shapes_clip = clip_stage.ShapesCLIP(self.clip, start.llm.clip.tokenizer, start.llm.clip.config)
         trains = TRAINS[config.regime]
         self.lm.requires_grad_("lm" in trains)
         self.unet.requires_grad_("unet" in trains)
@@ -329,22 +327,14 @@ class JointModel(nn.Module):
         RLHF and T2I-R1: without it, 300 Adam steps on a binary reward this noisy let
         the LLM drift until half its descriptions contradicted their prompts.
         """
-        from llmimg.data import ParseError, reading_order
-
         prompts, writer = b["prompts"], self.writer()
-        self.shapes_clip.to(self.device)
         with torch.no_grad():
             z = writer.clip.encode_text(prompts, check=False)
             context = writer.context(prompts=prompts)
             written = writer.generate(z, "upsample", context=context, seed=b["seed"])
-            ordered = []
-            for text in written:  # the model names objects in the prompt's order; the generator reads reading order
-                try:
-                    ordered.append(reading_order(text))
-                except ParseError:
-                    ordered.append(text)
-            images = self.drawer().generate(ordered, num_inference_steps=self.config.reward_steps, seed=b["seed"],
-                                            check=False)
+            # The model names objects in the prompt's order; the generator reads reading order.
+            images = self.drawer().generate(llm_stage.in_reading_order(written),
+                                            num_inference_steps=self.config.reward_steps, seed=b["seed"], check=False)
             rewards = image_rewards(images, prompts, written).to(self.device)
         ids, mask = self.tokens(written)
         nll = self.lm(z, llm_stage.task_ids("upsample", len(z), z.device), ids, mask,

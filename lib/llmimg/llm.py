@@ -244,6 +244,22 @@ class Context:
         return self._map(lambda t: t.to(device))
 
 
+def in_reading_order(descriptions: list[str]) -> list[str]:
+    """Descriptions in reading order (:func:`~llmimg.data.reading_order`): what the generator was trained on.
+
+    One that does not parse is returned as written, for the caller to see.
+    """
+    from llmimg.data import ParseError, reading_order
+
+    out = []
+    for d in descriptions:
+        try:
+            out.append(reading_order(d))
+        except ParseError:
+            out.append(d)
+    return out
+
+
 def trim_padding(ids: torch.Tensor) -> torch.Tensor:
     """Token ids ``(B, L)`` without the trailing columns that are ``<pad>`` in every row."""
     return ids[:, :int((ids != PAD_ID).sum(1).max())]
@@ -344,7 +360,7 @@ class ShapesLLM:
         description that parses is then rewritten in reading order, the order the
         generator was trained on (:func:`~llmimg.data.reading_order`).
         """
-        from llmimg.data import ParseError, faithful, reading_order
+        from llmimg.data import faithful
 
         if max_tries < 1:
             raise ValueError(f"max_tries must be at least 1, got {max_tries}")
@@ -360,11 +376,7 @@ class ShapesLLM:
                                   seed=None if seed is None else seed + attempt, **kwargs)
             for i, d in zip(redo, again):
                 out[i], draws[i] = d, draws[i] + 1
-        for i, d in enumerate(out):
-            try:
-                out[i] = reading_order(d)
-            except ParseError:
-                pass  # an invalid description is returned as written, for the caller to see
+        out = in_reading_order(out)
         return (out, draws) if return_draws else out
 
     def caption(self, images: torch.Tensor | np.ndarray, **kwargs: Any) -> list[str]:
@@ -665,5 +677,5 @@ def evaluate(llm: ShapesLLM, n: int = 500, split: str = "val", seed: int = 0,
 
 
 __all__ = ["ClipCapLM", "Context", "LLMBank", "LLMConfig", "OPEN_ATTRIBUTES", "PrefixMapper", "ShapesLLM", "TASKS",
-           "build", "caption_scores", "default_config", "evaluate", "get", "greedy_decode", "load", "open_attributes",
-           "positions", "task_ids", "total_variation", "train", "upsampling_scores"]
+           "build", "caption_scores", "default_config", "evaluate", "get", "greedy_decode", "in_reading_order", "load",
+           "open_attributes", "positions", "task_ids", "total_variation", "train", "upsampling_scores"]
