@@ -16,6 +16,7 @@ help:
 	@echo "make browser-deps  install what tests/test_demo_browser.py needs: Debian's chromium (apt-get, as root) and playwright"
 	@echo "make lab        open JupyterLab on notebooks/ with the project's environment"
 	@echo "make bench      speed benchmarks of data loading and the pipeline (PROFILE=$(PROFILE)), JSON in build/bench.json"
+	@echo "make site       the course as a website in build/site/ (committed notebooks, not re-run); make site-test checks it"
 	@echo "make clean      remove build/ and figures/ (keeps .venv and the model cache)"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -57,6 +58,32 @@ lab: $(STAMP)
 bench: $(STAMP)
 	@mkdir -p build
 	$(BIN)/llmimg bench --profile $(PROFILE) --json | tee build/bench.json
+
+# --- The course as a website (issue 30; website/build.py says how) ---------------------------------------
+# `make site` builds build/site/ from the README, the committed notebooks and docs/, never re-running a notebook.
+# It installs what it needs: the `site` extra into .venv (Sphinx, MyST-NB), and with npm (Node.js 18+) the
+# JavaScript the pages bundle to work offline, MathJax and mermaid, pinned in website/package-lock.json.
+# `make site-test` runs tests/test_site*.py (links, figures, math; Chromium when there is one).
+.PHONY: site site-test
+SITE_STAMP := $(VENV)/.llmimg-site-installed
+SITE_JS    := build/site-js
+
+$(SITE_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,site]"
+	@touch $@
+
+$(SITE_JS)/.installed: website/package.json website/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "make site needs npm (Node.js 18 or newer) for MathJax and mermaid"; exit 1; }
+	@mkdir -p $(SITE_JS) && cp website/package.json website/package-lock.json $(SITE_JS)/
+	cd $(SITE_JS) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $@
+
+site: $(SITE_STAMP) $(SITE_JS)/.installed
+	$(BIN)/python website/build.py
+
+site-test: $(SITE_STAMP) $(SITE_JS)/.installed
+	$(BIN)/python -m pytest tests/test_site.py tests/test_site_sources.py -p no:cacheprovider
+# --- end of the website's block --------------------------------------------------------------------------
 
 clean:
 	rm -rf build figures
