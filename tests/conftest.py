@@ -24,7 +24,7 @@ def smoke_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smoke_clip(smoke_cache):
-    from llmimg import clip
+    from llmimg.stages import clip
 
     torch.set_num_threads(1)  # tiny models run faster on one thread than on two
     return clip.get("smoke", progress=False)
@@ -32,7 +32,7 @@ def smoke_clip(smoke_cache):
 
 @pytest.fixture(scope="session")
 def smoke_llm(smoke_clip):
-    from llmimg import llm
+    from llmimg.stages import llm
 
     return llm.get("smoke", progress=False)
 
@@ -40,9 +40,9 @@ def smoke_llm(smoke_clip):
 @pytest.fixture(scope="session")
 def smoke_pipeline(smoke_llm):
     """The smoke profile's whole pipeline (CLIP, LLM and, trained here, the generator) from the session cache."""
-    from llmimg import pipeline
+    from llmimg.pipelines import shapes
 
-    return pipeline.get("smoke", progress=False)
+    return shapes.get("smoke", progress=False)
 
 
 @pytest.fixture(scope="session")

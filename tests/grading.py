@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from llmimg.exercises.feedback import NO_ANSWER, Feedback
+from llmimg.course.exercises.feedback import NO_ANSWER, Feedback
 
 
 def assert_grades(check: Callable[[Any], Feedback], right: Any, wrong: Any) -> None:

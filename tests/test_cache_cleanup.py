@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from llmimg.checkpoints import clean_leftovers, config_key
+from llmimg.core.store import cache_key, clean_leftovers, folder_name
 
 SCRIPT = textwrap.dedent('''
     import os, signal, sys
     import torch
     from torch import nn
-    from llmimg import checkpoints, training
+    from llmimg.core import store as checkpoints
+    from llmimg.core import training
 
     point = sys.argv[1]
     CONFIG = training.TrainConfig(steps=12, batch_size=8, lr=0.1, warmup_steps=2, checkpoint_every=5)
@@ -66,9 +67,14 @@ SCRIPT = textwrap.dedent('''
             (out / "half.safetensors").write_bytes(b"half")
             die()
         checkpoints.save_tensors(result.model.state_dict(), out / "model.safetensors")
+        checkpoints.write_manifest(out, checkpoints.Manifest("toy", 1, {"v": 1}))
 
-    checkpoints.cached("toy", {"v": 1}, build, profile="smoke", force=point == "during the swap")
+    checkpoints.cached(checkpoints.cache_key("toy", 1, {"v": 1}), build, profile="smoke",
+                       force=point == "during the swap")
 ''')
+
+
+TOY = folder_name(cache_key("toy", 1, {"v": 1}))
 
 
 def run(point: str, cache: Path) -> subprocess.CompletedProcess:
@@ -81,7 +87,7 @@ def run(point: str, cache: Path) -> subprocess.CompletedProcess:
 def reference(tmp_path_factory) -> bytes:
     cache = tmp_path_factory.mktemp("reference")
     assert run("none", cache).returncode == 0
-    return (cache / "smoke" / config_key("toy", {"v": 1}) / "model.safetensors").read_bytes()
+    return (cache / "smoke" / TOY / "model.safetensors").read_bytes()
 
 
 @pytest.mark.parametrize("point", ["training", "ctrl-c, then kill while saving", "saving the model",
@@ -98,9 +104,9 @@ def test_a_killed_run_is_cleaned_up_and_completed_by_the_next(point, reference, 
     assert again.returncode == 0, again.stderr
     # A model complete in its hidden folder is moved into place, not trained again.
     assert ("trained" in again.stdout) == (point not in ("before the swap", "during the swap"))
-    assert sorted(p.name for p in root.iterdir()) == [f".{config_key('toy', {'v': 1})}.lock",
-                                                      config_key("toy", {"v": 1})]
-    final = root / config_key("toy", {"v": 1})
+    assert sorted(p.name for p in root.iterdir()) == [f".{TOY}.lock",
+                                                      TOY]
+    final = root / TOY
     assert sorted(p.name for p in final.iterdir()) == ["llmimg.json", "model.safetensors"]
     assert (final / "model.safetensors").read_bytes() == reference  # resumed runs end bit-identical
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from llmimg.cli import main
-from llmimg.pipeline import DEFAULT_SCHEDULER, DEFAULT_STEPS, STAGES
+from llmimg.pipelines.shapes import DEFAULT_SCHEDULER, DEFAULT_STEPS, STAGES
 
 SMOKE = ["--profile", "smoke", "--steps", "2"]
 
@@ -91,7 +91,7 @@ def test_help_states_the_pipeline_defaults(capsys):
 
 def test_building_the_parser_loads_no_model_library():
     # The sampler names are looked up only when --scheduler is given: other commands should not wait for torch.
-    code = ("import sys; from llmimg.cli import build_parser; build_parser().parse_args(['generate', 'x', '-o', "
+    code = ("import sys; from llmimg.cli.parser import build_parser; build_parser().parse_args(['generate', 'x', '-o', "
             "'x.png']); print('torch' in sys.modules, 'diffusers' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.split() == ["False", "False"], result.stderr
@@ -145,7 +145,7 @@ def test_bad_options_are_one_line_usage_errors(workdir, capsys, args, message):
     ("folder.png", "llmimg: error: 'folder.png' is a folder, not a PNG file"),
 ])
 def test_bad_output_files_are_refused_before_loading_anything(workdir, capsys, monkeypatch, output, message):
-    from llmimg import pipeline
+    from llmimg.pipelines import shapes as pipeline
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("the output file should be checked before the models are loaded")
@@ -158,7 +158,7 @@ def test_bad_output_files_are_refused_before_loading_anything(workdir, capsys, m
 
 
 def test_an_unwritable_output_folder_is_refused_before_loading_anything(workdir, capsys, monkeypatch):
-    from llmimg import pipeline
+    from llmimg.pipelines import shapes as pipeline
 
     monkeypatch.setattr(pipeline, "get", lambda *a, **k: pytest.fail("the models should not be loaded"))
     folder = workdir / "locked"

@@ -7,10 +7,10 @@ import open_clip
 import pytest
 import torch
 
-from llmimg import clip as C
-from llmimg.checkpoints import CheckpointError
-from llmimg.data import ShapesWorld
-from llmimg.text import EOS_ID, UnknownWordsError
+from llmimg.stages import clip as C
+from llmimg.core.store import CheckpointError
+from llmimg.core.data import ShapesWorld
+from llmimg.core.text import EOS_ID, UnknownWordsError
 
 
 @pytest.mark.parametrize("name", ["shapes-clip-tiny", "shapes-clip-small", "shapes-clip-base"])
@@ -65,10 +65,10 @@ def test_preprocess_rejects_wrong_shapes():
 
 
 def test_save_load_round_trip_through_ours_and_open_clip(smoke_clip, tmp_path):
-    smoke_clip.save(tmp_path / "clip")
+    smoke_clip.save_pretrained(tmp_path / "clip")
     texts = ["a small blue square in the center", "a cross"]
     images = np.stack([s.image for s in ShapesWorld(seed=2).samples(3, "val")])
-    ours = C.load(tmp_path / "clip")
+    ours = C.ShapesCLIP.from_pretrained(tmp_path / "clip")
     assert torch.allclose(ours.encode_text(texts), smoke_clip.encode_text(texts), atol=1e-6)
     assert torch.allclose(ours.encode_image(images), smoke_clip.encode_image(images), atol=1e-6)
     model = open_clip.create_model(f"local-dir:{tmp_path / 'clip'}")
@@ -80,15 +80,15 @@ def test_save_load_round_trip_through_ours_and_open_clip(smoke_clip, tmp_path):
 
 def test_missing_and_damaged_checkpoints(smoke_clip, tmp_path):
     with pytest.raises(CheckpointError, match="does not exist.*llmimg train clip --force"):
-        C.load(tmp_path / "nothing")
-    path = smoke_clip.save(tmp_path / "clip")
+        C.ShapesCLIP.from_pretrained(tmp_path / "nothing")
+    path = smoke_clip.save_pretrained(tmp_path / "clip")
     weights = path / "open_clip_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="not a loadable CLIP"):
-        C.load(path)
+        C.ShapesCLIP.from_pretrained(path)
     weights.unlink()
     with pytest.raises(CheckpointError, match="open_clip_model.safetensors missing"):
-        C.load(path)
+        C.ShapesCLIP.from_pretrained(path)
 
 
 def test_cache_returns_the_trained_model_without_retraining(smoke_clip, monkeypatch):
@@ -186,7 +186,7 @@ class AttributeClip:
     """
 
     def __init__(self, binds: bool = False, sees=lambda obj: obj) -> None:
-        from llmimg.data import ATTRIBUTES, POSITIONS
+        from llmimg.core.data import ATTRIBUTES, POSITIONS
 
         self.binds, self.sees = binds, sees
         keys = [(name, value) for name, values in ATTRIBUTES.items() for value in values]
@@ -204,12 +204,12 @@ class AttributeClip:
         return v / v.norm()
 
     def encode_text(self, texts, check=True, normalize=True):
-        from llmimg.data import parse_prompt
+        from llmimg.core.data import parse_prompt
 
         return torch.stack([self._embed(parse_prompt(t)) for t in texts])
 
     def encode_image(self, images, normalize=True):
-        from llmimg.evaluation import judge_images
+        from llmimg.core.evaluation import judge_images
 
         return torch.stack([self._embed([self.sees(o) for o in j.objects]) for j in judge_images(images)])
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmimg.config import (
+from llmimg.core.config import (
     PROFILES,
     Profile,
     cache_dir,
@@ -16,7 +16,6 @@ from llmimg.config import (
     get_device,
     get_profile,
     project_root,
-    seed_everything,
 )
 
 
@@ -60,15 +59,14 @@ def test_unavailable_device_is_an_error_not_a_fallback():
         get_device("cuda")
 
 
-def test_seed_everything_makes_torch_and_numpy_repeat():
-    seed_everything(123)
-    a = (torch.rand(3), np.random.rand(3))
-    rng = seed_everything(123)
-    b = (torch.rand(3), np.random.rand(3))
-    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1])
-    assert isinstance(rng, np.random.Generator)
-    with pytest.raises(ValueError):
-        seed_everything(-1)
+def test_the_sizes_table_has_a_value_for_every_profile():
+    from llmimg.core.config import PROFILES, SIZES
+
+    assert all(len(values) == len(PROFILES) for values in SIZES.values())
+    assert Profile("default").size("llm.eval_n") == 500  # notebook 04, `llmimg eval llm` and the reference agree
+    assert Profile("smoke").size("clip.model") == "shapes-clip-tiny"
+    with pytest.raises(KeyError, match="no size named 'clip.stepz'.*clip.steps"):
+        Profile("smoke").size("clip.stepz")
 
 
 def test_cache_dir_per_profile_and_override(monkeypatch, tmp_path):
@@ -88,7 +86,7 @@ def test_environment_description_names_versions_device_profile():
 
 
 def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
-    from llmimg.atomic import atomic_write
+    from llmimg.core.store import atomic_write
 
     target = tmp_path / "sub" / "out.txt"
     with atomic_write(target, "w") as f:

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmimg.data import (
+from llmimg.core.data import (
     COLOURS,
     HELDOUT_PAIRS,
     POSITIONS,
@@ -35,7 +35,7 @@ from llmimg.data import (
     render,
     render_masks,
 )
-from llmimg.data.render import object_radius
+from llmimg.core.data.render import object_radius
 
 WORLD = ShapesWorld(seed=0)
 N = 500

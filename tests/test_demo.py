@@ -7,9 +7,9 @@ import io
 import pytest
 from PIL import Image
 
-from llmimg.demo import PREVIEW_SIZE, Demo, DemoResult, png_bytes, timing_chart
-from llmimg.generator import SCHEDULERS
-from llmimg.pipeline import DEFAULT_SCHEDULER, DEFAULT_STEPS, STAGES
+from llmimg.course.demo import PREVIEW_SIZE, Demo, DemoResult, png_bytes, timing_chart
+from llmimg.stages.generator import SCHEDULERS
+from llmimg.pipelines.shapes import DEFAULT_SCHEDULER, DEFAULT_STEPS, STAGES
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from llmimg.demo import EXAMPLE_PROMPT, MAX_GUIDANCE, PREVIEW_SIZE, Demo
-from llmimg.pipeline import DEFAULT_SCHEDULER
+from llmimg.course.demo import EXAMPLE_PROMPT, MAX_GUIDANCE, PREVIEW_SIZE, Demo
+from llmimg.pipelines.shapes import DEFAULT_SCHEDULER
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "build" / "demo-browser.png"
@@ -68,10 +68,10 @@ pytestmark = [pytest.mark.browser, pytest.mark.skipif(bool(WHY_SKIP), reason=WHY
 NOTEBOOK_CELLS = [
     ("markdown", "# The demo, in a browser\n\nWritten by `tests/test_demo_browser.py`."),
     ("code", "import torch\n"
-             "from llmimg import pipeline\n"
-             "from llmimg.demo import Demo\n\n"
+             "from llmimg.course.demo import Demo\n"
+             "from llmimg.pipelines import shapes\n\n"
              "torch.set_num_threads(1)  # as the tests' own process: tiny models, same numbers\n"
-             "demo = Demo(pipeline.get(\"smoke\", progress=False))"),
+             "demo = Demo(shapes.get(\"smoke\", progress=False))"),
     ("code", "demo.widget()"),
 ]
 

@@ -1,4 +1,4 @@
-"""Progressive distillation (llmimg.distillation): its DDIM algebra, its loss, and the students it trains."""
+"""Progressive distillation (llmimg.speed.distillation): its DDIM algebra, its loss, and the students it trains."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from llmimg import distillation as D
-from llmimg import generator as G
-from llmimg import techniques as T
-from llmimg.checkpoints import CheckpointError
-from llmimg.data import ShapesWorld
-from llmimg.training import TrainConfig
+from llmimg.speed import distillation as D
+from llmimg.stages import generator as G
+from llmimg.speed import techniques as T
+from llmimg.core.store import CheckpointError
+from llmimg.core.data import ShapesWorld
+from llmimg.core.training import TrainConfig
 
 
 def test_the_target_is_the_clean_image_one_ddim_step_needs_to_land_where_two_steps_did():
@@ -78,47 +78,51 @@ def students(smoke_pipeline):
     return {steps: D.get("smoke", steps=steps, progress=False) for steps in (1, 2)}
 
 
-def test_each_phase_is_cached_and_the_one_step_student_learns_from_the_two_step_one(students, smoke_cache):
-    (one, one_config), (two, two_config) = students[1], students[2]
-    assert (one_config.steps, two_config.steps) == (1, 2)
+def test_each_phase_is_cached_and_the_one_step_student_learns_from_the_two_step_one(students, smoke_pipeline):
+    one, two = students[1], students[2]
+    assert (D.distill_config(one).steps, D.distill_config(two).steps) == (1, 2)
     assert one.config.guidance_scale == 1.0 and two.config.guidance_scale == 1.0  # guidance is inside them
-    info = json.loads((one.path / G.CONFIG_FILE).read_text())["distilled"]
-    assert info["teacher"] == two.path.name and info["teacher_guidance"] == 1.0
-    info_two = json.loads((two.path / G.CONFIG_FILE).read_text())["distilled"]
-    assert info_two["teacher"].startswith("generator-") and info_two["teacher_guidance"] > 1
+    assert one.manifest.stage == two.manifest.stage == "distilled"
+    assert one.manifest.upstream["distilled"] == two.path.name and one.manifest.extra["teacher_guidance"] == 1.0
+    assert two.manifest.upstream["generator"].startswith("generator-") and two.manifest.extra["teacher_guidance"] > 1
+    assert one.manifest.upstream["clip"] == two.manifest.upstream["clip"]
     assert not torch.equal(next(one.unet.parameters()), next(two.unet.parameters()))
-    assert D.get("smoke", steps=1, progress=False)[0].path == one.path  # loaded, not trained again
+    assert D.get("smoke", steps=1, progress=False).path == one.path  # loaded, not trained again
 
 
 def test_a_distilled_student_draws_through_the_pipeline_deterministically_with_one_unet_row_per_image(
         smoke_pipeline, students):
     prompts = [s.prompt for s in ShapesWorld(seed=3).samples(3, "val")]
-    student, config = students[1]
+    student = students[1]
     before = smoke_pipeline.unet, dict(smoke_pipeline.config.stage_configs)
     rows = []
     hook = student.unet.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
     try:
-        with T.generator(smoke_pipeline, student, D.SCHEDULER):
-            draw = [smoke_pipeline(prompts, num_inference_steps=config.steps, output_type="pt",
+        with T.swap_generator(smoke_pipeline, student, D.SCHEDULER):
+            draw = [smoke_pipeline(prompts, num_inference_steps=D.distill_config(student).steps, output_type="pt",
                                    generator=[torch.Generator().manual_seed(k) for k in range(3)]).images
                     for _ in range(2)]
     finally:
         hook.remove()
     assert (smoke_pipeline.unet, dict(smoke_pipeline.config.stage_configs)) == before  # the teacher is back
+    assert smoke_pipeline.image_generator.unet is smoke_pipeline.unet
     assert torch.equal(draw[0], draw[1])
     assert rows == [3, 3]  # one step, no second (unconditional) half
 
 
 def test_a_folder_that_is_not_a_distilled_student_is_refused(smoke_pipeline, tmp_path):
-    smoke_pipeline.generator_stage.save(tmp_path / "plain")
-    with pytest.raises(CheckpointError, match="not a distilled one"):
-        D.load(tmp_path / "plain", smoke_pipeline.text_encoder)
+    smoke_pipeline.image_generator.save_pretrained(tmp_path / "plain")
+    with pytest.raises(CheckpointError, match="holds a generator model, not a distilled"):
+        G.ShapesGenerator.from_pretrained(tmp_path / "plain", smoke_pipeline.text_encoder, stage=D.STAGE)
+    with pytest.raises(CheckpointError, match="not a distilled student"):
+        D.distill_config(smoke_pipeline.image_generator)
 
 
 def test_only_an_x_predicting_teacher_can_be_distilled(smoke_pipeline):
     from dataclasses import replace
 
-    gen = smoke_pipeline.generator_stage
-    gen.config = replace(gen.config, prediction_type="epsilon")
+    gen = G.ShapesGenerator(smoke_pipeline.unet, smoke_pipeline.image_generator.scheduler,
+                            smoke_pipeline.text_encoder,
+                            replace(smoke_pipeline.image_generator.config, prediction_type="epsilon"))
     with pytest.raises(ValueError, match="prediction_type='sample'"):
-        D.distill(gen, D.DistillConfig(train=TrainConfig(steps=1, batch_size=2)), progress=False)
+        D.train(D.DistillConfig(train=TrainConfig(steps=1, batch_size=2)), gen, progress=False)

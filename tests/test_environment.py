@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def _direct_requirements() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     deps = project["dependencies"] + [d for group in project["optional-dependencies"].values() for d in group]
-    return [Requirement(d) for d in deps]
+    # An extra may name another of the package's own extras ("llmimg[course]"): that is no new dependency.
+    return [r for r in map(Requirement, deps) if canonicalize_name(r.name) != "llmimg"]
 
 
 def _pins(lines: list[str]) -> dict[str, str]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmimg.data import (
+from llmimg.core.data import (
     COLOURS,
     POSITIONS,
     SHAPES,
@@ -23,7 +23,7 @@ from llmimg.data import (
     prompt_matches,
     render,
 )
-from llmimg.evaluation import (
+from llmimg.core.evaluation import (
     JudgedImage,
     ShapesEvalResult,
     clip_score,
@@ -359,7 +359,7 @@ def test_distances_validate_their_input() -> None:
 
 
 def test_standard_error_of_a_rate():
-    from llmimg.evaluation import standard_error
+    from llmimg.core.evaluation import standard_error
 
     assert standard_error(0.5, 100) == pytest.approx(0.05)
     assert standard_error(0.9, 400) == pytest.approx(0.015)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmimg.data import COLOUR_NAMES, HELDOUT_PAIRS, POSITIONS, SHAPES, SIZES, ShapesWorld, describe
-from llmimg.exercises import (
+from llmimg.core.data import COLOUR_NAMES, HELDOUT_PAIRS, POSITIONS, SHAPES, SIZES, ShapesWorld, describe
+from llmimg.course.exercises import (
     Feedback,
     check_ci_profile,
     check_description_of,
@@ -15,7 +15,7 @@ from llmimg.exercises import (
     check_single_object_scene_count,
     check_text_intermediate,
 )
-from llmimg.exercises.feedback import check_array, check_number
+from llmimg.course.exercises.feedback import check_array, check_number
 
 
 def _right_wrong_missing(check, right, wrong):

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmimg.exercises import (
+from llmimg.course.exercises import (
     EXERCISE_SIMILARITIES,
     Feedback,
     check_clip_loss,
@@ -19,7 +19,7 @@ from llmimg.exercises import (
     check_retrieving_prompt,
     check_uniform_loss,
 )
-from llmimg.exercises.feedback import NO_ANSWER
+from llmimg.course.exercises.feedback import NO_ANSWER
 
 JUNK = ["0.5", None, [1.0, 2.0], {"a": 1}, object()]
 
@@ -96,7 +96,7 @@ def test_clip_loss_on_other_matrices():
 
 
 def test_retrieving_prompt(smoke_clip):
-    from llmimg.data import ShapesWorld
+    from llmimg.core.data import ShapesWorld
 
     images = np.stack([s.image for s in ShapesWorld(seed=0).samples(8, "val")])
     prompts = ["a circle", "a red square", "a large triangle in the top left", "a small white cross in the center"]

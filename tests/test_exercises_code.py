@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmimg.exercises import (check_add_noise, check_contrastive_loss, check_ddim_step, check_describe_object,
+from llmimg.course.exercises import (check_add_noise, check_contrastive_loss, check_ddim_step, check_describe_object,
                               check_lm_loss, check_run_pipeline)
-from llmimg.exercises.feedback import NO_ANSWER
+from llmimg.course.exercises.feedback import NO_ANSWER
 
 
 def unanswered(*args):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from grading import assert_grades
 
-from llmimg.exercises import check_all_correct, check_guided_noise, check_latent_shape, check_signal_fraction
+from llmimg.course.exercises import check_all_correct, check_guided_noise, check_latent_shape, check_signal_fraction
 
 
 @pytest.mark.parametrize("check, right, wrong", [

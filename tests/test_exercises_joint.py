@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from grading import assert_grades
 
-from llmimg.exercises import check_joint_loss, check_regime_difference, check_reinforce_loss
+from llmimg.course.exercises import check_joint_loss, check_regime_difference, check_reinforce_loss
 
 
 def right_reinforce(rewards, nll):
@@ -22,7 +22,7 @@ def test_reinforce_loss_is_graded_and_its_mistakes_named():
 
 @pytest.fixture(scope="module")
 def model_and_batch(smoke_llm):
-    from llmimg import joint
+    from llmimg.research import joint
 
     config = joint.default_config("smoke", "joint")
     begin = joint.start("smoke", progress=False)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from llmimg.data import complete_prompt, describe
-from llmimg.exercises import (
+from llmimg.core.data import complete_prompt, describe
+from llmimg.course.exercises import (
     Feedback,
     check_kv_cache_positions,
     check_model_probability,
@@ -22,8 +22,8 @@ from llmimg.exercises import (
     check_token_count,
     oracle_probability,
 )
-from llmimg.exercises.feedback import NO_ANSWER
-from llmimg.text import encode
+from llmimg.course.exercises.feedback import NO_ANSWER
+from llmimg.core.text import encode
 
 JUNK = ["ten", [1, 2, 3], {"a": 1}, object(), float("nan")]
 

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from llmimg.exercises import (
+from llmimg.course.exercises import (
     Feedback,
     check_alpha_bar,
     check_bigram_perplexity,
@@ -17,7 +17,7 @@ from llmimg.exercises import (
     check_infonce_limit,
     check_pipeline_marginal,
 )
-from llmimg.theory import pipeline
+from llmimg.course.theory import pipeline
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from grading import assert_grades
 
-from llmimg.exercises import check_latency_at_steps, check_speedup, check_standard_error
+from llmimg.course.exercises import check_latency_at_steps, check_speedup, check_standard_error
 
 
 @pytest.mark.parametrize("check, right, wrong", [
@@ -29,7 +29,7 @@ def test_bad_exercise_parameters_are_refused():
 def test_upsampling_gains_are_read_from_the_table():
     import pandas as pd
 
-    from llmimg.exercises import check_upsampling_gains
+    from llmimg.course.exercises import check_upsampling_gains
 
     table = pd.DataFrame([{"trained on": "descriptions", "drawn from": "raw prompt", "all_correct": 0.40},
                           {"trained on": "descriptions", "drawn from": "LLM description", "all_correct": 0.80},
@@ -45,7 +45,7 @@ def test_upsampling_gains_are_read_from_the_table():
 
 
 def test_why_the_prompt_generator_gains_little():
-    from llmimg.exercises import check_why_prompt_generator_gains_little as check
+    from llmimg.course.exercises import check_why_prompt_generator_gains_little as check
 
     assert_grades(check, "a", "b")
     assert check("(A)") and not check("c") and not check("d")

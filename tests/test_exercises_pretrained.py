@@ -7,7 +7,7 @@ import pytest
 import torch
 from grading import assert_grades
 
-from llmimg.exercises import check_clip_score, check_denoise_share, check_rerank
+from llmimg.course.exercises import check_clip_score, check_denoise_share, check_rerank
 
 
 @pytest.mark.parametrize("check, right, wrong", [
@@ -57,7 +57,7 @@ def test_bad_exercise_parameters_are_refused():
 
 
 def test_best_of_n():
-    from llmimg.exercises import check_best_of_n
+    from llmimg.course.exercises import check_best_of_n
 
     assert_grades(lambda answer: check_best_of_n(0.3, 4, answer), 1 - 0.7**4, 0.3**4)
     assert "one faithful candidate is enough" in check_best_of_n(0.3, 4, 0.3**4).message

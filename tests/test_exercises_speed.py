@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from grading import assert_grades
 
-from llmimg.exercises import check_amdahl, check_conv_flops, check_llm_share, check_mfu
+from llmimg.course.exercises import check_amdahl, check_conv_flops, check_llm_share, check_mfu
 
 
 @pytest.mark.parametrize("check, right, wrong", [

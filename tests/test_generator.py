@@ -1,4 +1,4 @@
-"""Tests of stage 3, the diffusion generator (llmimg.generator).
+"""Tests of stage 3, the diffusion generator (llmimg.stages.generator).
 
 A tiny duck-typed text encoder stands in for the CLIP text tower, so these tests
 depend on nothing but the generator, the tokenizer and the training loop. One tiny
@@ -8,8 +8,6 @@ generator is trained once per module and shared.
 from __future__ import annotations
 
 import json
-import sys
-import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from llmimg import generator as G
-from llmimg.checkpoints import CheckpointError, read_manifest
-from llmimg.text import UnknownWordsError, encode, shapes_texts, train_tokenizer
-from llmimg.training import TrainConfig
+from llmimg.stages import generator as G
+from llmimg.core.store import CheckpointError, read_manifest
+from llmimg.core.text import UnknownWordsError, encode, shapes_texts, train_tokenizer
+from llmimg.core.training import TrainConfig
 
 WIDTH = 16
 
@@ -35,6 +33,7 @@ class FakeTextEncoder:
         self.positions = 0.1 * torch.randn(self.tokenizer.model_max_length, width, generator=g)
         self.width = width
         self.path = Path("/nowhere/fake-clip-0123456789")
+        self.stage = "clip"
         self.calls = 0
 
     def token_states(self, texts, check=False):
@@ -60,8 +59,9 @@ def text_encoder() -> FakeTextEncoder:
 def trained(text_encoder, tmp_path_factory):
     out = tmp_path_factory.mktemp("gen") / "model"
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    outcome = G.train(tiny_config(), text_encoder, out, progress=False, device="cpu")
-    return out, outcome
+    generator = G.train(tiny_config(), text_encoder, progress=False, device="cpu")
+    generator.save_pretrained(out)
+    return out, generator
 
 
 DESCRIPTIONS = ["a large red circle in the center", "a small blue square in the top left",
@@ -110,7 +110,7 @@ def test_unet_forward_shape(text_encoder):
     # the pooled text is each text's <eos> state
     last = mask.sum(1) - 1
     assert torch.equal(G.pooled_text(states, mask)[1], states[1, last[1]])
-    gen = G.ShapesGenerator(unet, G.build_scheduler(config), text_encoder, config, device="cpu")
+    gen = G.ShapesGenerator(unet, G.build_scheduler(config), text_encoder, config)
     assert gen.predict_noise(x, 10, DESCRIPTIONS).shape == x.shape
 
 
@@ -155,19 +155,27 @@ def test_precomputed_text_states_are_the_encoders_own(text_encoder, prompt_rate)
 
 def test_learning_curve_is_recorded(text_encoder, tmp_path):
     config = tiny_config(curve_every=10, curve_n=4, train=replace(tiny_config().train, steps=20))
-    outcome = G.train(config, text_encoder, tmp_path / "model", progress=False, device="cpu")
-    assert [p["step"] for p in outcome.curve] == [10, 20]
-    point = outcome.curve[-1]
+    generator = G.train(config, text_encoder, progress=False, device="cpu")
+    curve = generator.manifest.curve
+    assert [p["step"] for p in curve] == [10, 20]
+    point = curve[-1]
     assert point["n"] == 4 and 0.0 <= point["all_correct"] <= point["count_accuracy"] <= 1.0
-    assert 0 < outcome.curve[0]["train_seconds"] < point["train_seconds"] < outcome.seconds
-    saved = json.loads((tmp_path / "model" / G.CONFIG_FILE).read_text())
-    assert saved["curve"] == outcome.curve
+    assert 0 < curve[0]["train_seconds"] < point["train_seconds"] < generator.manifest.seconds
+    generator.save_pretrained(tmp_path / "model")
+    assert read_manifest(tmp_path / "model", "generator").curve == curve
+
+
+def test_logging_cadence_is_not_part_of_the_models_identity(text_encoder):
+    config = tiny_config()
+    other = replace(config, curve_every=7, curve_n=3, train=replace(config.train, log_every=1, checkpoint_every=9))
+    assert G.key(other, text_encoder) == G.key(config, text_encoder)
+    assert G.key(replace(config, n_train=65), text_encoder) != G.key(config, text_encoder)
 
 
 def test_training_loss_falls(trained):
-    _, outcome = trained
-    losses = [h["loss"] for h in outcome.history]
-    assert len(losses) == 6 and [h["step"] for h in outcome.history] == [5, 10, 15, 20, 25, 30]
+    _, generator = trained
+    losses = [h["loss"] for h in generator.history]
+    assert len(losses) == 6 and [h["step"] for h in generator.history] == [5, 10, 15, 20, 25, 30]
     assert losses[-1] < 0.7 * losses[0], losses
     assert all(np.isfinite(losses))
 
@@ -214,9 +222,8 @@ def test_coordinate_channels(text_encoder):
 def test_saved_folder_round_trips(trained, text_encoder):
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
-    path, outcome = trained
-    original = outcome.generator
-    loaded = G.load(path, text_encoder, device="cpu")
+    path, original = trained
+    loaded = G.ShapesGenerator.from_pretrained(path, text_encoder)
     assert loaded.config == tiny_config()
     torch.testing.assert_close(original.generate(DESCRIPTIONS[:2], num_inference_steps=4, seed=3),
                                loaded.generate(DESCRIPTIONS[:2], num_inference_steps=4, seed=3), atol=0, rtol=0)
@@ -231,8 +238,8 @@ def test_saved_folder_round_trips(trained, text_encoder):
         ref = G.unet_output(original.unet, x, 500, states, mask)
         out = G.unet_output(unet, x, 500, states, mask)
     torch.testing.assert_close(out, ref, atol=0, rtol=0)
-    info = json.loads((path / "generator.json").read_text())
-    assert info["history"] == outcome.history
+    manifest = read_manifest(path, "generator")
+    assert manifest.history == original.history and manifest.upstream == {"clip": "fake-clip-0123456789"}
 
 
 def _copy(path: Path, dest: Path) -> Path:
@@ -245,26 +252,26 @@ def _copy(path: Path, dest: Path) -> Path:
 def test_load_errors_are_checkpoint_errors(trained, text_encoder, tmp_path):
     path, _ = trained
     with pytest.raises(CheckpointError, match="does not exist"):
-        G.load(tmp_path / "nothing", text_encoder)
+        G.ShapesGenerator.from_pretrained(tmp_path / "nothing", text_encoder)
     no_weights = _copy(path, tmp_path / "no_weights")
     (no_weights / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="diffusion_pytorch_model.safetensors missing"):
-        G.load(no_weights, text_encoder)
+        G.ShapesGenerator.from_pretrained(no_weights, text_encoder)
     truncated = _copy(path, tmp_path / "truncated")
     weights = truncated / "unet" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="damaged"):
-        G.load(truncated, text_encoder)
+        G.ShapesGenerator.from_pretrained(truncated, text_encoder)
     garbage = _copy(path, tmp_path / "garbage")
     (garbage / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 100)
     with pytest.raises(CheckpointError, match="damaged"):
-        G.load(garbage, text_encoder)
+        G.ShapesGenerator.from_pretrained(garbage, text_encoder)
     bad_json = _copy(path, tmp_path / "bad_json")
-    (bad_json / "generator.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="generator.json"):
-        G.load(bad_json, text_encoder)
+    (bad_json / "llmimg.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="llmimg.json"):
+        G.ShapesGenerator.from_pretrained(bad_json, text_encoder)
     with pytest.raises(ValueError, match="width"):
-        G.load(path, FakeTextEncoder(width=8))
+        G.ShapesGenerator.from_pretrained(path, FakeTextEncoder(width=8))
 
 
 # -- evaluation on constructed generators -------------------------------------------------
@@ -275,7 +282,7 @@ class PixelClip:
         self.projection = torch.randn(3 * 32 * 32, dim, generator=torch.Generator().manual_seed(0))
 
     def encode_image(self, images):
-        from llmimg.clip import preprocess
+        from llmimg.stages.clip import preprocess
 
         return torch.nn.functional.normalize(preprocess(images).flatten(1) @ self.projection, dim=-1)
 
@@ -298,7 +305,7 @@ class RenderingGenerator:
         self.config, self.text_encoder, self.edit, self.calls = G.GeneratorConfig(), PixelClip(), edit, []
 
     def generate(self, descriptions, **kwargs):
-        from llmimg.data import Scene, parse_description, render
+        from llmimg.core.data import Scene, parse_description, render
 
         self.calls.append(list(descriptions))
         scenes = [Scene(tuple(self.edit(o) for o in parse_description(d))) for d in descriptions]
@@ -326,8 +333,8 @@ def test_evaluate_counts_exactly_the_objects_a_generator_draws_in_the_wrong_colo
     """A generator that draws every red object blue: colour is wrong on exactly the red objects, nothing else is."""
     from dataclasses import replace
 
-    from llmimg.data import parse_description
-    from llmimg.evaluation import standard_error
+    from llmimg.core.data import parse_description
+    from llmimg.core.evaluation import standard_error
 
     n = 40
     fake = RenderingGenerator(edit=lambda o: replace(o, colour="blue") if o.colour == "red" else o)
@@ -354,7 +361,7 @@ def test_evaluate_counts_exactly_the_objects_a_generator_draws_in_the_wrong_colo
 # -- sampling ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def gen(trained, text_encoder):
-    return G.load(trained[0], text_encoder, device="cpu")
+    return G.ShapesGenerator.from_pretrained(trained[0], text_encoder)
 
 
 def test_every_scheduler_samples(gen):
@@ -441,12 +448,6 @@ def test_unconditional_and_trajectory(gen):
 # -- the cache ----------------------------------------------------------------------------
 def test_get_trains_once_then_loads(monkeypatch, tmp_path, text_encoder):
     monkeypatch.setenv("LLMIMG_CACHE_DIR", str(tmp_path))
-    fake_clip = types.ModuleType("llmimg.clip")
-    fake_clip.get = lambda profile=None, progress=True: text_encoder
-    monkeypatch.setitem(sys.modules, "llmimg.clip", fake_clip)
-    import llmimg
-
-    monkeypatch.setattr(llmimg, "clip", fake_clip, raising=False)
     calls = []
     real_train = G.train
 
@@ -456,17 +457,50 @@ def test_get_trains_once_then_loads(monkeypatch, tmp_path, text_encoder):
 
     monkeypatch.setattr(G, "train", counting_train)
     config = tiny_config(train=replace(tiny_config().train, steps=3))
-    first = G.get("smoke", config=config, progress=False)
-    second = G.get("smoke", config=config, progress=False)
+    first = G.get("smoke", config=config, clip=text_encoder, progress=False)
+    second = G.get("smoke", config=config, clip=text_encoder, progress=False)
     assert len(calls) == 1
     folders = [p for p in (tmp_path / "smoke").iterdir() if p.name.startswith("generator-")]
     assert len(folders) == 1
-    manifest = read_manifest(folders[0])
-    assert manifest["stage"] == "generator"
-    assert manifest["config"]["text_encoder"] == "fake-clip-0123456789"
-    assert len(manifest["history"]) == 1
+    manifest = read_manifest(folders[0], "generator")
+    assert manifest.upstream == {"clip": "fake-clip-0123456789"} and manifest.format == G.FORMAT
+    assert len(manifest.history) == 1
     torch.testing.assert_close(first.generate(DESCRIPTIONS[:1], num_inference_steps=2),
                                second.generate(DESCRIPTIONS[:1], num_inference_steps=2), atol=0, rtol=0)
+
+
+# -- sampling options ---------------------------------------------------------------------
+def test_exact_sampling_options_draw_the_same_images(gen, text_encoder):
+    plain = gen.generate(DESCRIPTIONS, num_inference_steps=4, seed=2)
+    two_pass = gen.generate(DESCRIPTIONS, num_inference_steps=4, seed=2,
+                            options=G.SamplingOptions(batched_guidance=False))
+    torch.testing.assert_close(two_pass, plain, atol=1e-5, rtol=0)
+    cache = {}
+    calls = text_encoder.calls
+    cached = gen.generate(DESCRIPTIONS, num_inference_steps=4, seed=2, options=G.SamplingOptions(text_state_cache=cache))
+    assert text_encoder.calls == calls + 2 and set(cache) == {"", *DESCRIPTIONS}  # "" apart: it skips the check
+    again = gen.generate(DESCRIPTIONS, num_inference_steps=4, seed=2, options=G.SamplingOptions(text_state_cache=cache))
+    assert text_encoder.calls == calls + 2  # every text was in the cache
+    assert torch.equal(cached, plain) and torch.equal(again, plain)
+
+
+def test_deep_cache_reuses_deep_features_between_full_steps(gen):
+    plain = gen.generate(DESCRIPTIONS, num_inference_steps=4, seed=2)
+    every_step = gen.generate(DESCRIPTIONS, num_inference_steps=4, seed=2,
+                              options=G.SamplingOptions(deep_cache_interval=1))
+    assert torch.equal(every_step, plain)
+    full_calls = []
+    hook = gen.unet.mid_block.register_forward_hook(lambda *a: full_calls.append(1)) if gen.unet.mid_block else \
+        gen.unet.down_blocks[-1].register_forward_hook(lambda *a: full_calls.append(1))
+    try:
+        cached = gen.generate(DESCRIPTIONS, num_inference_steps=4, seed=2,
+                              options=G.SamplingOptions(deep_cache_interval=2))
+    finally:
+        hook.remove()
+    assert len(full_calls) == 2  # steps 0 and 2 run the deep blocks, steps 1 and 3 reuse them
+    assert not torch.equal(cached, plain) and (cached - plain).abs().mean() < 0.2
+    with pytest.raises(ValueError, match="deep_cache_interval"):
+        G.SamplingOptions(deep_cache_interval=0)
 
 
 def test_ddim_steps_along_the_clipped_estimate(gen):
@@ -486,13 +520,16 @@ def test_ddim_steps_along_the_clipped_estimate(gen):
             implied.append((x - a.sqrt()) / (1 - a).sqrt())
         return x
 
-    original = G.guided_output
-    G.guided_output = lambda unet, x, *args: torch.full_like(x, 3.0)  # sample prediction, clipped to 1
+    import llmimg.stages.generator.model as model
+
+    original = model.guided_output
+    model.guided_output = lambda unet, x, *args, **kwargs: torch.full_like(x, 3.0)  # a sample prediction, clipped to 1
     try:
-        gen.denoise(states, mask, gen.text_states([""], check=False), 10, 3.0, sched,
-                    torch.Generator().manual_seed(0), on_step=record)
+        noise = torch.Generator().manual_seed(0)
+        gen.denoise(gen.prepare_latents(1, noise, sched), states, mask, gen.text_states([""], check=False), 10, 3.0,
+                    sched, noise, on_step=record)
     finally:
-        G.guided_output = original
+        model.guided_output = original
     assert gen.config.prediction_type == "sample" and len(implied) == 9
     for noise in implied[1:]:
         torch.testing.assert_close(noise, implied[0])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import llmimg.generator as G
+import llmimg.stages.generator as G
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -1,4 +1,4 @@
-"""Joint training (llmimg.joint): the regimes' losses, where their gradients go, two processes, the CLI."""
+"""Joint training (llmimg.research.joint): the regimes' losses, where their gradients go, two processes, the CLI."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmimg import joint
-from llmimg.training import fit
+from llmimg.research import joint
+from llmimg.core.training import fit
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def _tiny(regime: str, steps: int = 25) -> joint.JointConfig:
 @pytest.mark.parametrize("regime", joint.REGIMES)
 def test_each_regimes_loss_falls_on_a_tiny_run(regime, begin, monkeypatch):
     """One batch trained on again and again: the regime's objective goes down (the reward, up)."""
-    monkeypatch.setattr(joint, "image_rewards", _short_descriptions)
+    monkeypatch.setattr("llmimg.research.joint.model.image_rewards", _short_descriptions)
     config = _tiny(regime)
     if regime == "reward":
         config = replace(config, lam=0.0)  # the reward alone: its anchor to the data would pull the other way
@@ -59,7 +59,7 @@ def _grads(model: torch.nn.Module) -> bool:
 @pytest.mark.parametrize("regime", joint.REGIMES)
 def test_gradients_reach_the_models_each_regime_trains(regime, begin, monkeypatch):
     """Both models in the joint regimes, the generator alone when the LLM is frozen, the LLM alone under reward."""
-    monkeypatch.setattr(joint, "image_rewards", _short_descriptions)
+    monkeypatch.setattr("llmimg.research.joint.model.image_rewards", _short_descriptions)
     config = joint.default_config("smoke", regime)
     model = joint.JointModel(config, begin).train()
     model(joint.JointData(config, begin).batch(0)).backward()
@@ -83,7 +83,7 @@ def test_the_cycle_reaches_the_unet_through_the_clean_image_estimate(begin):
 
 def test_the_llm_rows_describe_the_generators_scenes(begin):
     """Row i of the generator's batch and of the LLM's batch is one scene."""
-    from llmimg.text import decode
+    from llmimg.core.text import decode
 
     data = joint.JointData(joint.default_config("smoke", "joint"), begin)
     b = data.batch(3)
@@ -108,7 +108,7 @@ def test_the_starting_models_are_known_to_be_cached(begin, monkeypatch, tmp_path
 
 
 def test_the_clis_regimes_are_the_librarys():
-    from llmimg.cli import JOINT_REGIMES
+    from llmimg.cli.parser import JOINT_REGIMES
 
     assert JOINT_REGIMES == joint.REGIMES
 
@@ -145,10 +145,13 @@ def test_cli_eval_joint_prints_one_entry_per_regime(smoke_llm, capsys):
     assert out["verdict"].startswith("joint ")
 
 
-def test_python_m_llmimg_joint_trains_a_regime(smoke_llm, capsys):
-    """The entry point `accelerate launch -m llmimg.joint` runs, here on one process."""
-    assert joint.main(["--regime", "sequential", "--profile", "smoke", "--no-progress"]) == 0
-    assert json.loads(capsys.readouterr().out)["sequential"]["optimizer_steps"] == 6
+def test_cli_train_joint_trains_a_regime(smoke_llm, capsys):
+    """The command `accelerate launch -m llmimg train joint` runs on every process, here on one."""
+    from llmimg.cli import main
+
+    assert main(["train", "joint", "--regime", "sequential", "--profile", "smoke", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "sequential regime (smoke profile): 6 optimiser steps of 8" in out and "all_correct" in out
 
 
 def test_cli_train_joint_needs_a_regime(capsys):
@@ -176,7 +179,7 @@ def _two_process_joint_run():
 
 
 def test_joint_training_runs_unchanged_on_two_processes(begin):
-    """What `accelerate launch --num_processes 2 -m llmimg.joint` does, on the CPU (gloo), in a fresh interpreter."""
+    """What `accelerate launch --num_processes 2 -m llmimg train joint` does, on the CPU (gloo), in a fresh interpreter."""
     code = ("import sys; sys.path.insert(0, 'tests'); from accelerate import debug_launcher; "
             "from test_joint import _two_process_joint_run; debug_launcher(_two_process_joint_run, num_processes=2)")
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True,

@@ -10,12 +10,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmimg import llm as L
-from llmimg.checkpoints import CheckpointError
-from llmimg.data import (SHAPES, Scene, ShapesWorld, complete_prompt, describe, describe_in_prompt_order,
+from llmimg.core import seeding
+from llmimg.stages import llm as L
+from llmimg.core.store import CheckpointError
+from llmimg.core.data import (SHAPES, Scene, ShapesWorld, complete_prompt, describe, describe_in_prompt_order,
                          parse_description, parse_prompt)
-from llmimg.evaluation import judge_images, standard_error
-from llmimg.text import EOS_ID, PAD_ID, UnknownWordsError, encode
+from llmimg.core.evaluation import judge_images, standard_error
+from llmimg.core.text import EOS_ID, PAD_ID, UnknownWordsError, decode, encode
 
 
 def test_loss_counts_only_description_tokens(smoke_llm):
@@ -84,8 +85,16 @@ def test_bad_generation_arguments(smoke_llm):
     z = smoke_llm.clip.encode_text(["a circle"])
     with pytest.raises(ValueError, match="unknown task"):
         smoke_llm.generate(z, "paint")
-    with pytest.raises(ValueError, match="temperature must be positive"):
-        smoke_llm.generate(z, "upsample", temperature=0)
+    for temperature in (0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="temperature must be a positive finite number"):
+            smoke_llm.upsample(["a circle"], temperature=temperature)
+    for tokens in (0, 10_000):
+        with pytest.raises(ValueError, match="max_new_tokens must be between 1 and 32"):
+            smoke_llm.upsample(["a circle"], max_new_tokens=tokens)
+    with pytest.raises(ValueError, match="beam search is deterministic"):
+        smoke_llm.upsample(["a circle"], num_beams=2)
+    with pytest.raises(TypeError, match="list of prompts"):
+        smoke_llm.upsample("a circle")
     with pytest.raises(UnknownWordsError, match="'blorb'"):
         smoke_llm.upsample(["a blorb"])
     with pytest.raises(ValueError, match="reads a context"):
@@ -95,9 +104,9 @@ def test_bad_generation_arguments(smoke_llm):
 
 
 def test_save_load_round_trip_through_ours_and_transformers(smoke_llm, tmp_path):
-    path = smoke_llm.save(tmp_path / "llm")
+    path = smoke_llm.save_pretrained(tmp_path / "llm")
     z = smoke_llm.clip.encode_text(["a green diamond"])
-    ours = L.load(path, smoke_llm.clip)
+    ours = L.ShapesLLM.from_pretrained(path, smoke_llm.clip)
     assert ours.upsample(["a green diamond"], do_sample=False) == smoke_llm.upsample(["a green diamond"],
                                                                                      do_sample=False)
     gpt2 = AutoModelForCausalLM.from_pretrained(path)
@@ -111,21 +120,21 @@ def test_save_load_round_trip_through_ours_and_transformers(smoke_llm, tmp_path)
 
 
 def test_load_finds_its_clip_in_the_cache(smoke_llm):
-    again = L.load(smoke_llm.path)
+    again = L.ShapesLLM.from_pretrained(smoke_llm.path)
     assert again.clip.path == smoke_llm.clip.path
 
 
 def test_missing_and_damaged_checkpoints(smoke_llm, tmp_path):
     with pytest.raises(CheckpointError, match="does not exist.*llmimg train llm"):
-        L.load(tmp_path / "nothing", smoke_llm.clip)
-    path = smoke_llm.save(tmp_path / "llm")
+        L.ShapesLLM.from_pretrained(tmp_path / "nothing", smoke_llm.clip)
+    path = smoke_llm.save_pretrained(tmp_path / "llm")
     weights = path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:64])
     with pytest.raises(CheckpointError, match="not a loadable LLM"):
-        L.load(path, smoke_llm.clip)
+        L.ShapesLLM.from_pretrained(path, smoke_llm.clip)
     (path / "prefix_mapper" / "config.json").unlink()
     with pytest.raises(CheckpointError, match="prefix_mapper/config.json missing"):
-        L.load(path, smoke_llm.clip)
+        L.ShapesLLM.from_pretrained(path, smoke_llm.clip)
 
 
 def test_short_training_run_lowers_the_loss(smoke_llm):
@@ -182,17 +191,18 @@ def test_upsampler_redraws_only_unfaithful_descriptions(smoke_llm, monkeypatch):
               ["a large blue square in the top left"]]  # right
     calls = []
 
-    def fake_generate(z, task, *, context=None, seed=None, **kwargs):
-        calls.append((len(z), context.prompt_ids.shape[0], seed))
+    def fake_generate(z, task, *, context=None, seeds=None, draw=0, **kwargs):
+        calls.append((len(z), context.prompt_ids.shape[0], seeds, draw))
         return list(script[len(calls) - 1])
 
     monkeypatch.setattr(smoke_llm, "generate", fake_generate)
     z = smoke_llm.clip.encode_text(prompts)
-    out, draws = smoke_llm.upsample_from(z, prompts, seed=5, return_draws=True)
+    out, draws = smoke_llm.upsample_from(z, prompts, seeds=[5, 6], return_draws=True)
     assert out == ["a large red circle in the center", "a large blue square in the top left"]
-    assert draws == [1, 3] and calls == [(2, 2, 5), (1, 1, 6), (1, 1, 7)]
+    # each redraw is of the unfaithful row only, from that prompt's own seed and the next draw's stream
+    assert draws == [1, 3] and calls == [(2, 2, [5, 6], 0), (1, 1, [6], 1), (1, 1, [6], 2)]
     calls.clear()
-    out = smoke_llm.upsample_from(z, prompts, seed=5, max_tries=2)
+    out = smoke_llm.upsample_from(z, prompts, seeds=[5, 6], max_tries=2)
     assert out[1] == "a small blue cross in the top left"  # gave up after 2 draws, kept the last
     calls.clear()
     assert smoke_llm.upsample_from(z, prompts, do_sample=False)[1] == "a small green square in the top left"
@@ -215,8 +225,8 @@ def test_training_batches_pair_each_task_with_its_target(smoke_llm):
     bank = L.LLMBank(40, smoke_llm.clip, seed=3, prompt_order=True)
     samples = list(ShapesWorld(seed=3).samples(40))
     b = bank.batch(step=0, batch_size=32, caption_rate=0.5, seed=3)
-    idx = torch.randint(40, (32,), generator=torch.Generator().manual_seed(3 * 1_000_003))
-    texts = L.decode(smoke_llm.tokenizer, b["input_ids"])
+    idx = torch.randint(40, (32,), generator=seeding.torch_generator(3, "batch", 0))
+    texts = decode(smoke_llm.tokenizer, b["input_ids"])
     tasks = [L.TASKS[t] for t in b["task"].tolist()]
     assert set(tasks) == {"caption", "upsample"}
     reordered = 0
@@ -254,25 +264,47 @@ def next_token_logprobs(llm, prompts, new_ids):
 @pytest.fixture
 def generated_ids(monkeypatch):
     """The token ids each ``generate`` call produced, before decoding (a list, one (B, T) tensor per call)."""
+    import llmimg.stages.llm.writer as writer
+
     calls = []
-    real = L.decode
+    real = writer.decode
 
     def spy(tokenizer, ids):
         calls.append(ids.clone())
         return real(tokenizer, ids)
-    monkeypatch.setattr(L, "decode", spy)
+    monkeypatch.setattr(writer, "decode", spy)
     return calls
+
+
+def seeds(seed: int, n: int = len(PROMPTS)) -> list[int]:
+    return L.prompt_seeds(seed, n)
 
 
 def test_top_k_1_and_a_cold_temperature_sample_the_greedy_sequence(smoke_llm):
     z, context = _inputs(smoke_llm, PROMPTS)
     greedy = smoke_llm.generate(z, "upsample", context=context, do_sample=False)
-    assert smoke_llm.generate(z, "upsample", context=context, top_k=1, seed=3) == greedy
-    assert smoke_llm.generate(z, "upsample", context=context, temperature=1e-3, seed=3) == greedy
-    sampled = smoke_llm.generate(z, "upsample", context=context, seed=3)
+    assert smoke_llm.generate(z, "upsample", context=context, top_k=1, seeds=seeds(3)) == greedy
+    assert smoke_llm.generate(z, "upsample", context=context, temperature=1e-3, seeds=seeds(3)) == greedy
+    sampled = smoke_llm.generate(z, "upsample", context=context, seeds=seeds(3))
     assert sampled != greedy  # at temperature 1 without top-k this model's samples do differ from greedy
-    assert smoke_llm.generate(z, "upsample", context=context, seed=3) == sampled  # same seed, same sample
-    assert smoke_llm.generate(z, "upsample", context=context, seed=4) != sampled
+    assert smoke_llm.generate(z, "upsample", context=context, seeds=seeds(3)) == sampled  # same seeds, same sample
+    assert smoke_llm.generate(z, "upsample", context=context, seeds=seeds(4)) != sampled
+    assert smoke_llm.generate(z, "upsample", context=context, seeds=seeds(3), draw=1) != sampled  # another draw
+
+
+def test_a_description_depends_on_its_own_seed_only(smoke_llm):
+    """Prompt k's description is the one it gets alone: not its neighbours, nor its place in the batch."""
+    together = smoke_llm.upsample(PROMPTS, seed=seeds(8), max_tries=1)
+    alone = [smoke_llm.upsample([p], seed=[s], max_tries=1)[0] for p, s in zip(PROMPTS, seeds(8))]
+    reversed_batch = smoke_llm.upsample(PROMPTS[::-1], seed=seeds(8)[::-1], max_tries=1)[::-1]
+    assert together == alone == reversed_batch
+
+
+def test_sampling_leaves_the_global_random_state_alone(smoke_llm):
+    state = torch.get_rng_state()
+    smoke_llm.upsample(PROMPTS, seed=1)
+    smoke_llm.upsample(PROMPTS)  # fresh randomness, not torch's global generator either
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_top_k_samples_only_among_the_k_likeliest_tokens(smoke_llm, generated_ids):
@@ -280,7 +312,8 @@ def test_top_k_samples_only_among_the_k_likeliest_tokens(smoke_llm, generated_id
     z, context = _inputs(smoke_llm, PROMPTS)
     outside = {}
     for top_k in (2, None):
-        smoke_llm.generate(z, "upsample", context=context, temperature=5.0, top_k=top_k, seed=1, max_new_tokens=16)
+        smoke_llm.generate(z, "upsample", context=context, temperature=5.0, top_k=top_k, seeds=seeds(1),
+                           max_new_tokens=16)
         ids = generated_ids[-1]
         top2 = next_token_logprobs(smoke_llm, PROMPTS, ids[:, :-1]).topk(2, dim=-1).indices  # before each token
         in_top2 = (top2 == ids[..., None]).any(-1)

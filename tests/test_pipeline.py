@@ -11,12 +11,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmimg.checkpoints import CheckpointError
-from llmimg.data import PartialObject, ShapesWorld, format_prompt, parse_prompt
-from llmimg.data.world import COLOUR_NAMES, POSITIONS, SHAPES, SIZES
-from llmimg.generator import SCHEDULERS
-from llmimg.pipeline import DEFAULT_SCHEDULER, STAGES, ShapesPipeline
-from llmimg.text import EmptyPromptError, PromptError, PromptTooLongError, UnknownWordsError
+from llmimg.core.store import CheckpointError
+from llmimg.core.data import PartialObject, ShapesWorld, format_prompt, parse_prompt
+from llmimg.core.data.world import COLOUR_NAMES, POSITIONS, SHAPES, SIZES
+from llmimg.stages.generator import SCHEDULERS
+from llmimg.pipelines.common import STAGES
+from llmimg.pipelines.shapes import DEFAULT_SCHEDULER, ShapesPipeline
+from llmimg.core.text import EmptyPromptError, PromptError, PromptTooLongError, UnknownWordsError
 
 STEPS = 2  # enough to run every scheduler's multistep code; each call takes milliseconds at smoke
 
@@ -92,6 +93,48 @@ def test_one_generator_per_prompt(pipe):
         draw(pipe, prompts, generator=[seeded(1)])
 
 
+def test_the_llm_on_or_off_starts_from_the_same_noise(pipe):
+    """The LLM's seed is read from the generator without advancing it: the noise is the same either way."""
+    noise = {}
+    real = pipe.image_generator.prepare_latents
+
+    def spy(n, generator, sched):
+        latents = real(n, generator, sched)
+        noise[len(noise)] = latents.clone()
+        return latents
+
+    pipe.image_generator.prepare_latents = spy
+    try:
+        for make in (lambda: seeded(9), lambda: [seeded(9), seeded(10)]):  # one for the batch, one per prompt
+            for upsample in (True, False):
+                draw(pipe, ["a red circle", "a cross"], generator=make(), upsample=upsample)
+    finally:
+        del pipe.image_generator.prepare_latents
+    assert torch.equal(noise[0], noise[1]) and torch.equal(noise[2], noise[3])
+
+
+def test_a_description_does_not_depend_on_its_batch(pipe):
+    prompts = ["a red circle", "a cross and a square", "a small blue diamond"]
+    together = draw(pipe, prompts, generator=[seeded(k) for k in range(3)])
+    alone = [draw(pipe, [p], generator=[seeded(k)]) for k, p in enumerate(prompts)]
+    assert together.descriptions == [a.descriptions[0] for a in alone]
+    for k, a in enumerate(alone):
+        np.testing.assert_allclose(together.images[k], a.images[0], atol=1e-4)
+
+
+def test_stage_views_are_built_once_and_rebuilt_when_a_component_changes(pipe):
+    views = pipe.text_encoder, pipe.writer, pipe.image_generator
+    draw(pipe)
+    assert (pipe.text_encoder, pipe.writer, pipe.image_generator) == views  # the same objects, call after call
+    assert pipe.image_generator.text_encoder is pipe.text_encoder is pipe.writer.clip
+    pipe.use_scheduler("ddim")
+    assert pipe.image_generator is not views[2]
+    assert pipe.image_generator.unet is pipe.unet  # views over the same components
+    pipe.scheduler = pipe.scheduler  # setting a component, as diffusers lets you, rebuilds them too
+    rebuilt = pipe.writer
+    assert rebuilt is not views[1] and pipe.writer is rebuilt
+
+
 def test_callback_on_step_end_runs_once_per_step_and_can_change_the_latents(pipe):
     calls = []
 
@@ -162,8 +205,8 @@ def test_saved_pipeline_draws_the_same_images(pipe, saved):
 def test_model_index_names_the_llmimg_classes(saved):
     index = json.loads((saved / "model_index.json").read_text())
     assert index["_class_name"] == ["shapes_pipeline", "ShapesPipeline"]  # the code file beside it, as on the hub
-    assert index["clip"] == ["llmimg.pipeline", "ClipModel"]
-    assert index["prefix_mapper"] == ["llmimg.llm", "PrefixMapper"]
+    assert index["clip"] == ["llmimg.pipelines.shapes", "ClipModel"]
+    assert index["prefix_mapper"] == ["llmimg.stages.llm.model", "PrefixMapper"]
     assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
     assert set(index["stage_configs"]) == {"clip", "llm", "generator"}
 
@@ -196,6 +239,23 @@ def test_folder_without_model_index_is_a_checkpoint_error(saved_copy):
     (saved_copy / "model_index.json").unlink()
     with pytest.raises(CheckpointError, match="has no model_index.json"):
         ShapesPipeline.from_pretrained(saved_copy)
+
+
+def test_saving_keeps_the_users_files_and_refuses_a_folder_that_is_not_a_pipeline(pipe, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "important.txt").write_text("notes")
+    with pytest.raises(ValueError, match="not empty and holds no saved pipeline"):
+        pipe.save_pretrained(mine)
+    assert [p.name for p in mine.iterdir()] == ["important.txt"]  # nothing written, nothing removed
+    target = tmp_path / "pipeline"
+    pipe.save_pretrained(target)
+    (target / "important.txt").write_text("notes")
+    (target / "runs").mkdir()
+    pipe.save_pretrained(target)  # saving again over the pipeline replaces only its own entries
+    assert (target / "important.txt").read_text() == "notes" and (target / "runs").is_dir()
+    assert ShapesPipeline.from_pretrained(target).config.stage_configs == pipe.config.stage_configs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "pipeline"]  # no temporary folder left
 
 
 def test_failed_save_leaves_nothing_half_written(pipe, saved, tmp_path, monkeypatch):
@@ -275,7 +335,7 @@ any_text = st.one_of(st.text(), st.text(alphabet=st.characters(categories=["Zs",
 @settings(max_examples=50, deadline=None)
 @given(text=any_text)
 def test_any_text_is_accepted_or_refused_with_a_prompt_error(smoke_pipeline, text):
-    from llmimg.text import CONTEXT_LENGTH, UNK_ID
+    from llmimg.core.text import CONTEXT_LENGTH, UNK_ID
 
     try:
         (checked,) = smoke_pipeline.check_inputs(text, 1, 1.0)
@@ -334,3 +394,27 @@ def test_any_vocabulary_words_that_fit_the_context_are_accepted(smoke_pipeline, 
 def test_every_prompt_of_the_grammar_draws(smoke_pipeline, prompt):
     out = smoke_pipeline(prompt, num_inference_steps=1, generator=seeded(0), output_type="np")
     assert out.images.shape == (1, 32, 32, 3) and len(out.descriptions) == 1
+
+
+def test_the_stage_timer_waits_for_the_gpu_before_each_clock(monkeypatch):
+    from llmimg.pipelines.common import StageTimer
+
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(str(device)))
+    timer = StageTimer("cuda")
+    with timer.stage("denoise"):
+        pass
+    assert synced == ["cuda", "cuda"]  # before the clock starts and before it stops
+    with StageTimer("cpu").stage("denoise"):
+        pass
+    assert len(synced) == 2
+    with pytest.raises(ValueError, match="unknown stage 'paint'"):
+        with timer.stage("paint"):
+            pass
+
+
+def test_a_call_leaves_the_global_random_state_alone(pipe):
+    state = torch.get_rng_state()
+    draw(pipe, ["a red circle", "a cross"])  # seeded
+    pipe("a red circle", num_inference_steps=STEPS, output_type="np")  # no generator: fresh randomness, not torch's
+    assert torch.equal(torch.get_rng_state(), state)

@@ -1,6 +1,6 @@
-"""``llmimg.pretrained`` offline: the real loading code on tiny random models saved locally, and its errors.
+"""``llmimg.pipelines.pretrained`` offline: the real loading code on tiny random models saved locally, and its errors.
 
-The tiny models come from :func:`llmimg.pretrained.tiny_components`, the same builder the
+The tiny models come from :func:`llmimg.pipelines.pretrained.tiny_components`, the same builder the
 offline notebook uses. The hub ids are only ever tried with the hub switched off.
 """
 
@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from llmimg import pretrained
-from llmimg.checkpoints import CheckpointError
-from llmimg.pipeline import STAGES
-from llmimg.pretrained import (PretrainedConfig, PretrainedUnavailableError, load, load_clip, load_generator,
+from llmimg.pipelines import pretrained
+from llmimg.core.store import CheckpointError
+from llmimg.pipelines.shapes import STAGES
+from llmimg.pipelines.pretrained import (PretrainedConfig, PretrainedUnavailableError, load, load_clip, load_generator,
                                load_writer, resolve_precision, revision_of)
-from llmimg.pretrained.models import FEW_SHOT, INSTRUCTION
-from llmimg.text import EmptyPromptError
+from llmimg.pipelines.pretrained.models import FEW_SHOT, INSTRUCTION
+from llmimg.core.text import EmptyPromptError
 
 PROMPTS = ["a red cat", "two dogs on a beach"]
 
@@ -137,9 +137,11 @@ def test_clip_loads_from_its_folder_and_scores_images(config, pipe):
 def test_every_kind_of_language_model_writes_candidates(kind, tmp_path):
     writer = load_writer(pretrained.tiny_writer(tmp_path / kind, kind), device="cpu")
     assert writer.kind == kind
-    written = writer.write(PROMPTS, 2, seed=0, max_new_tokens=8)
+    written = writer.write(PROMPTS, 2, seeds=[0, 1], max_new_tokens=8)
     assert [len(c) for c in written] == [2, 2] and all(isinstance(t, str) and t for c in written for t in c)
-    assert written == writer.write(PROMPTS, 2, seed=0, max_new_tokens=8)
+    assert written == writer.write(PROMPTS, 2, seeds=[0, 1], max_new_tokens=8)
+    # each prompt's candidates come from its own seed: alone, the second prompt writes the same ones
+    assert writer.write(PROMPTS[1:], 2, seeds=[1], max_new_tokens=8) == written[1:]
     request = writer.request("a red cat")
     expected = {"chat": INSTRUCTION.format(prompt="a red cat"), "plain": FEW_SHOT.format(prompt="a red cat"),
                 "seq2seq": INSTRUCTION.format(prompt="a red cat")}[kind]

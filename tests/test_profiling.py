@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmimg import profiling as prof
-from llmimg.data import ShapesWorld
-from llmimg.pipeline import DEFAULT_STEPS
+from llmimg.speed import profiling as prof
+from llmimg.core.data import ShapesWorld
+from llmimg.pipelines.shapes import DEFAULT_STEPS
 
 
 def test_flops_of_small_known_layers_match_the_hand_count():
@@ -53,7 +53,7 @@ def test_stage_flops_add_up_and_the_denoising_share_is_steps_times_one_step(smok
 
 
 def test_training_step_costs_about_three_forward_passes_and_leaves_the_pipeline_alone(smoke_pipeline):
-    unet = smoke_pipeline.generator_stage.unet
+    unet = smoke_pipeline.image_generator.unet
     before = {k: v.clone() for k, v in unet.state_dict().items()}
     train = prof.training_step_cost(smoke_pipeline, repeats=1, n_bank=32)
     sample = prof.sampling_step_cost(smoke_pipeline, ["a large red circle in the center"], repeats=1)

@@ -1,4 +1,4 @@
-"""The generator recipe search (llmimg.recipes): configs, records and the no-write rule of notebooks."""
+"""The generator recipe search (llmimg.research.recipes): configs, records and the no-write rule of notebooks."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from llmimg import generator as G
-from llmimg import recipes as R
+from llmimg.stages import generator as G
+from llmimg.research import recipes as R
 
 
 def test_recipes_change_only_what_they_name():

@@ -1,4 +1,4 @@
-"""Tests of the notebook runner (llmimg.reproduce) on small throw-away notebooks.
+"""Tests of the notebook runner (llmimg.course.reproduce) on small throw-away notebooks.
 
 Each kernel start costs a few seconds, so runs are shared between tests through
 module-scoped fixtures (five kernels in all).
@@ -14,8 +14,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from llmimg.config import PROFILE_ENV
-from llmimg.reproduce import (
+from llmimg.core.config import PROFILE_ENV
+from llmimg.course.reproduce import (
     NotebookFailed,
     NotebookRun,
     WriteBackRefused,
@@ -227,6 +227,6 @@ def test_write_back_refuses_machine_paths(tmp_path):
 
 
 def test_no_checkout_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr("llmimg.reproduce.project_root", lambda: None)
+    monkeypatch.setattr("llmimg.course.reproduce.project_root", lambda: None)
     with pytest.raises(RuntimeError, match="clone of the repository"):
         reproduce("smoke", progress=False)

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from llmimg import llm as L
-from llmimg.pipeline import ShapesPipeline
-from llmimg.text import BOS_ID, EOS_ID, encode
+from llmimg.stages import llm as L
+from llmimg.pipelines.shapes import ShapesPipeline
+from llmimg.core.text import BOS_ID, EOS_ID, encode
 
 PROMPTS = ["a red circle", "a small blue square in the center"]
 
@@ -73,7 +73,7 @@ print(json.dumps({{"pipeline": type(pipe).__module__ + "." + type(pipe).__name__
                   "descriptions": out.descriptions}}))
 """
     got = json.loads(run_fresh(code, tmp_path).splitlines()[-1])
-    assert got["pipeline"] == "llmimg.pipeline.ShapesPipeline"
+    assert got["pipeline"] == "llmimg.pipelines.shapes.ShapesPipeline"
     assert got["classes"] == {name: type(getattr(smoke_pipeline, name)).__name__ for name in got["classes"]}
     ours = smoke_pipeline(PROMPTS, num_inference_steps=2, generator=torch.Generator().manual_seed(7), output_type="np")
     assert got["descriptions"] == ours.descriptions
@@ -111,11 +111,11 @@ def test_folders_saved_before_the_code_file_still_load(saved, tmp_path):
 def test_text_generation_pipeline_continues_a_prompt(smoke_llm, tmp_path):
     from transformers import pipeline
 
-    path = smoke_llm.save(tmp_path / "llm")
+    path = smoke_llm.save_pretrained(tmp_path / "llm")
     generate = pipeline("text-generation", model=str(path), tokenizer=str(path))
     assert generate.tokenizer("a red circle")["input_ids"][-1] != EOS_ID  # a prompt is not a finished text
     text = generate("a red circle", do_sample=False)[0]["generated_text"]
     assert text.startswith("a red circle ") and len(text.split()) > 3, text
     # The library still reads whole texts, <bos> words <eos>, from the saved LLM.
-    ids = encode(L.load(path, smoke_llm.clip).tokenizer, ["a red circle"])["input_ids"][0]
+    ids = encode(L.ShapesLLM.from_pretrained(path, smoke_llm.clip).tokenizer, ["a red circle"])["input_ids"][0]
     assert ids[0] == BOS_ID and ids[4] == EOS_ID

@@ -1,4 +1,4 @@
-"""Speed techniques (llmimg.techniques): each switch changes what it says, gives the same images where it should,
+"""Speed techniques (llmimg.speed.techniques): each switch changes what it says, gives the same images where it should,
 and leaves the pipeline as it found it."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-from llmimg import techniques as T
-from llmimg.data import ShapesWorld
+from llmimg.speed import techniques as T
+from llmimg.core.data import ShapesWorld
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,8 @@ def prompts():
 
 def draw(pipe, prompts, **call):
     gens = [torch.Generator().manual_seed(k) for k in range(len(prompts))]
-    return pipe(prompts, num_inference_steps=3, generator=gens, output_type="pt", upsample=False, **call).images
+    call.setdefault("upsample", False)
+    return pipe(prompts, num_inference_steps=3, generator=gens, output_type="pt", **call).images
 
 
 def unet_rows(pipe, fn):
@@ -37,14 +38,37 @@ def unet_rows(pipe, fn):
                          ids=["two_pass", "plain_attention", "channels_last", "one_thread", "cached_text_states"])
 def test_exact_switches_give_the_same_images_and_leave_the_pipeline_as_it_was(smoke_pipeline, prompts, switch):
     pipe = smoke_pipeline
-    before = (pipe.unet.forward, dict(pipe.unet.attn_processors), torch.get_num_threads())
+    before = (pipe.unet, dict(pipe.unet.attn_processors), torch.get_num_threads(), pipe.sampling)
     reference = draw(pipe, prompts, guidance_scale=3.0)
     with switch(pipe):
         switched = draw(pipe, prompts, guidance_scale=3.0)
     torch.testing.assert_close(switched, reference, atol=1e-4, rtol=0)
-    assert (pipe.unet.forward, dict(pipe.unet.attn_processors), torch.get_num_threads()) == before
+    assert (pipe.unet, dict(pipe.unet.attn_processors), torch.get_num_threads(), pipe.sampling) == before
     assert pipe.unet.conv_in.weight.is_contiguous()
-    assert "text_states" not in vars(pipe.generator_stage)
+    assert "forward" not in vars(pipe.unet)  # no switch replaces a method of a component
+
+
+def text_encodings(pipe, fn) -> int:
+    """How many times CLIP's text tower ran during ``fn()``."""
+    calls = []
+    hook = pipe.clip.model.token_embedding.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        fn()
+    finally:
+        hook.remove()
+    return len(calls)
+
+
+def test_cached_text_states_encodes_each_text_once(smoke_pipeline, prompts):
+    pipe = smoke_pipeline
+    # Without the cache a call encodes the prompts (the LLM's prefix), the descriptions and the unconditional text.
+    assert text_encodings(pipe, lambda: draw(pipe, prompts, upsample=True)) == 3
+    assert text_encodings(pipe, lambda: draw(pipe, prompts)) == 2  # no LLM: the prompts are the descriptions
+    with T.cached_text_states(pipe):
+        assert text_encodings(pipe, lambda: draw(pipe, prompts)) == 2  # the first call fills the cache
+        assert text_encodings(pipe, lambda: draw(pipe, prompts)) == 0  # then nothing is encoded again
+        assert text_encodings(pipe, lambda: draw(pipe, prompts[:1] + ["a cross"])) == 1  # only the new text
+    assert pipe.sampling.text_state_cache is None
 
 
 def test_two_pass_guidance_really_calls_the_unet_twice_per_step(smoke_pipeline, prompts):
@@ -143,8 +167,9 @@ def test_the_sampler_curve_has_one_point_per_sampler_and_step_count(smoke_pipeli
 
 
 def test_deep_cache_skips_the_deep_blocks_on_cached_steps_and_rebuilds_the_outer_ring_exactly(smoke_pipeline, prompts):
+    from llmimg.stages.generator import DeepCache, unet_output
+
     pipe = smoke_pipeline
-    forward = pipe.unet.forward
     deep = []
     hook = pipe.unet.down_blocks[-1].register_forward_pre_hook(lambda m, args, kwargs: deep.append(1), with_kwargs=True)
     try:
@@ -153,20 +178,22 @@ def test_deep_cache_skips_the_deep_blocks_on_cached_steps_and_rebuilds_the_outer
         torch.testing.assert_close(every_step, draw(pipe, prompts))
         deep.clear()
         with T.deep_cache(pipe, interval=2):
+            assert pipe.sampling.deep_cache_interval == 2
             draw(pipe, prompts)
-            assert len(deep) == 2  # 3 steps: full, cached, full
-            # At (almost) the same timestep the cached features are the fresh ones: the outer ring alone must
-            # then give what the whole UNet gives.
-            x = torch.randn(2, pipe.unet.config.in_channels, 8, 8)
-            states, mask = pipe.generator_stage.text_states(["a red circle", "a blue square"], check=False)
-            kw = {"encoder_hidden_states": states, "encoder_attention_mask": mask,
-                  "class_labels": states[:, 0] if pipe.unet.config.class_embed_type else None}
-            full = pipe.unet(x, torch.tensor(500.0), **kw).sample
-            cached = pipe.unet(x, torch.tensor(499.999), **kw).sample
-        torch.testing.assert_close(cached, full, atol=1e-3, rtol=1e-3)
+        assert len(deep) == 2  # 3 steps: full, cached, full
     finally:
         hook.remove()
-    assert pipe.unet.forward == forward
+    assert pipe.sampling.deep_cache_interval == 1
+    # On a cached step at the same input as the full step before it, the outer ring alone must give
+    # exactly what the whole UNet gives.
+    x = torch.randn(2, pipe.unet.config.in_channels - 2, 8, 8)  # the coordinate channels are added inside
+    states, mask = pipe.image_generator.text_states(["a red circle", "a blue square"], check=False)
+    cache = DeepCache(pipe.unet, 2)
+    with torch.no_grad():
+        full = cache(0, x, torch.tensor(500), states, mask, "cond")
+        cached = cache(1, x, torch.tensor(500), states, mask, "cond")
+        torch.testing.assert_close(full, unet_output(pipe.unet, x, torch.tensor(500), states, mask))
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="interval"):
         with T.deep_cache(pipe, interval=0):
             pass

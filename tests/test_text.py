@@ -7,8 +7,8 @@ import re
 import pytest
 from transformers import AutoTokenizer
 
-from llmimg.data import ATTRIBUTES, ShapesWorld
-from llmimg.text import (BOS_ID, CONTEXT_LENGTH, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, EmptyPromptError,
+from llmimg.core.data import ATTRIBUTES, ShapesWorld
+from llmimg.core.text import (BOS_ID, CONTEXT_LENGTH, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, EmptyPromptError,
                          PromptError, PromptTooLongError, UnknownWordsError, check_prompt, decode, encode,
                          train_tokenizer)
 

@@ -1,4 +1,4 @@
-"""Tests of llmimg.theory: every closed form against an independent computation
+"""Tests of llmimg.course.theory: every closed form against an independent computation
 (Monte Carlo, autograd, finite differences, torch.distributions, diffusers, open_clip)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmimg.theory import contrastive, diffusion, guidance, joint, language, likelihood, pipeline
+from llmimg.course.theory import contrastive, diffusion, guidance, joint, language, likelihood, pipeline
 
 
 @pytest.fixture(autouse=True, scope="module")

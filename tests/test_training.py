@@ -9,9 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from llmimg.checkpoints import (CheckpointError, atomic_directory, cached, config_key, load_tensors, read_manifest,
+from llmimg.core import seeding
+from llmimg.core.store import (CheckpointError, Manifest, atomic_directory, cache_key, cached, folder_name, load_tensors,
+                               read_manifest, write_manifest,
                                 require_folder, save_tensors)
-from llmimg.training import TrainConfig, _optimizer_from_tensors, _optimizer_to_tensors, fit, lr_factor
+from llmimg.core.training import TrainConfig, _optimizer_from_tensors, _optimizer_to_tensors, fit, lr_factor
 
 TRUE_W = torch.tensor([[1.5, -2.0, 0.5]])
 
@@ -48,6 +50,28 @@ def test_loss_falls_and_history_is_kept():
     assert [h["step"] for h in result.history] == list(range(10, 81, 10))
     assert losses[-1] < 0.1 * losses[0]
     assert torch.allclose(result.model.weight, TRUE_W, atol=0.2)
+
+
+def test_training_leaves_the_callers_random_state_alone():
+    """fit draws dropout and the like from its own stream (seeding.isolated), then gives the global state back."""
+    class Noisy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(3, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.linear(nn.functional.dropout(x, 0.5, self.training))
+
+    def make() -> Noisy:
+        with seeding.isolated(0, "init"):
+            return Noisy()
+
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = fit(make(), batch, loss, CONFIG, progress=False).history
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(999)  # another global state: the same run, since fit never reads it
+    assert fit(make(), batch, loss, CONFIG, progress=False).history == first
 
 
 def test_bad_training_config():
@@ -119,7 +143,7 @@ def interrupting(where: str, at: int, monkeypatch):
         import os
         import signal
 
-        from llmimg import training
+        from llmimg.core import training
         real = training.lr_factor
 
         def lr_and_signal(step, warmup, total):
@@ -234,21 +258,30 @@ def test_cached_builds_once_and_leaves_nothing_on_failure(tmp_path, monkeypatch)
     def build(out, work):
         calls.append(out)
         (out / "weights.txt").write_text("w")
+        write_manifest(out, Manifest("toy", 1, {"a": 1}))
 
-    first = cached("toy", {"a": 1}, build, profile="smoke")
-    second = cached("toy", {"a": 1}, build, profile="smoke")
-    assert first == second == tmp_path / "smoke" / config_key("toy", {"a": 1}) and len(calls) == 1
-    assert read_manifest(first) == {"stage": "toy", "config": {"a": 1}}
-    cached("toy", {"a": 1}, build, profile="smoke", force=True)
+    key = cache_key("toy", 1, {"a": 1})
+    first = cached(key, build, profile="smoke")
+    second = cached(key, build, profile="smoke")
+    assert first == second == tmp_path / "smoke" / folder_name(key) and len(calls) == 1
+    assert read_manifest(first, "toy") == Manifest("toy", 1, {"a": 1})
+    cached(key, build, profile="smoke", force=True)
     assert len(calls) == 2
-    assert config_key("toy", {"a": 2}) != config_key("toy", {"a": 1})
+    assert folder_name(cache_key("toy", 1, {"a": 2})) != folder_name(key)
+    assert folder_name(cache_key("toy", 2, {"a": 1})) != folder_name(key)  # a new format is a new model
+    assert folder_name(cache_key("toy", 1, {"a": 1}, {"clip": "clip-0"})) != folder_name(key)  # so is new upstream
 
     def failing(out, work):
         (out / "half.txt").write_text("half")
         raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
-        cached("toy", {"a": 3}, failing, profile="smoke")
-    assert not (tmp_path / "smoke" / config_key("toy", {"a": 3})).exists()
+        cached(cache_key("toy", 1, {"a": 3}), failing, profile="smoke")
+    assert not (tmp_path / "smoke" / folder_name(cache_key("toy", 1, {"a": 3}))).exists()
+
+    def no_manifest(out, work):
+        (out / "weights.txt").write_text("w")
+    with pytest.raises(RuntimeError, match="wrote no llmimg.json"):
+        cached(cache_key("toy", 1, {"a": 4}), no_manifest, profile="smoke")
     assert not [p for p in (tmp_path / "smoke").iterdir() if p.name.startswith(".") and p.suffix != ".lock"]
 
 
@@ -309,7 +342,7 @@ def _train_toy_in_cache(cache: str, log: str, building, waiting, first: bool) ->
     import os
     import sys
 
-    from llmimg.checkpoints import cached
+    from llmimg.core.store import Manifest, cache_key, cached, write_manifest
 
     os.environ["LLMIMG_CACHE_DIR"] = cache
 
@@ -322,10 +355,11 @@ def _train_toy_in_cache(cache: str, log: str, building, waiting, first: bool) ->
             with open(log, "a") as f:
                 f.write("the other waited\n" if seen else "the other never waited\n")
         (out / "weights.txt").write_text("w")
+        write_manifest(out, Manifest("toy", 1, {"a": 1}))
 
     if not first:
         sys.stderr = _SetOnMessage(sys.stderr, "waiting for it to finish", waiting)
-    cached("toy", {"a": 1}, build, profile="smoke")
+    cached(cache_key("toy", 1, {"a": 1}), build, profile="smoke")
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="no advisory file locks on Windows")
@@ -349,4 +383,4 @@ def test_two_processes_asking_for_one_model_train_it_once(tmp_path):
         first.join(120)
     assert [first.exitcode, second.exitcode] == [0, 0]
     assert log.read_text() == "built\nthe other waited\n"
-    assert (tmp_path / "cache" / "smoke" / config_key("toy", {"a": 1}) / "weights.txt").is_file()
+    assert (tmp_path / "cache" / "smoke" / folder_name(cache_key("toy", 1, {"a": 1})) / "weights.txt").is_file()

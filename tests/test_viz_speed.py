@@ -1,11 +1,11 @@
-"""The speed figures of notebook 08 (llmimg.viz.roofline, llmimg.viz.speed_quality): what they draw and name."""
+"""The speed figures of notebook 08 (llmimg.core.viz.roofline, llmimg.core.viz.speed_quality): what they draw and name."""
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import pytest
 
-from llmimg.viz import roofline, speed_quality
+from llmimg.speed.plots import roofline, speed_quality
 
 
 def row(name, ms, rate):

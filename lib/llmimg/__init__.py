@@ -1,31 +1,26 @@
-"""llmimg: a notebook suite and library for LLM-guided text-to-image generation.
+"""llmimg: a notebook course and library for LLM-guided text-to-image generation.
 
-The library's modules follow the data's path through the pipeline: ``data``
-(ShapesWorld), then the text, CLIP, LLM and generator stages, the pipeline, joint
-training, evaluation and profiling; ``pretrained`` runs the same pipeline on real
-pretrained models (Colab). ``config`` holds profiles, devices, seeding and the model
-cache; ``theory`` the toy problems of the math notebook; ``exercises`` the
-``check_...`` helpers that tell a learner whether an answer is right.
+The library is layered, and its folders show the layers; imports point one way
+(``tests/test_layers.py`` checks it)::
+
+    core       the foundations: config (profiles and the sizes table), seeding, the model store,
+               the training loop, text, ShapesWorld data, evaluation, plots
+    stages     clip, llm, generator: the three trained models, each with the same public face
+    pipelines  the tiny world's ShapesPipeline and the pretrained world's pipeline
+    speed      the speed lab: profiling, speed techniques, distillation, the benchmark
+    research   the notebooks' experiments, each named by its question
+    course     the course machinery: notebook runner, reference numbers, exercises, theory, demo
+
+``research`` and ``course`` do not import each other. The command line (``llmimg.cli``)
+sits on top. ``pip install llmimg`` gives everything but ``course``, whose Jupyter tools
+come with the ``course`` extra.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from llmimg.core.config import (REPO_URL, Profile, cache_dir, describe_environment, get_device, get_profile,
+                                package_version)
+from llmimg.core.seeding import seed_everything
 
-from llmimg.config import Profile, cache_dir, describe_environment, get_device, get_profile, seed_everything
+__version__ = package_version()
 
-try:
-    __version__ = version("llmimg")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+unknown"
-
-REPO_URL = "https://github.com/llmimg/llmimg"
-
-__all__ = [
-    "Profile",
-    "REPO_URL",
-    "__version__",
-    "cache_dir",
-    "describe_environment",
-    "get_device",
-    "get_profile",
-    "seed_everything",
-]
+__all__ = ["Profile", "REPO_URL", "__version__", "cache_dir", "describe_environment", "get_device", "get_profile",
+           "seed_everything"]

@@ -2,6 +2,6 @@
 
 import sys
 
-from llmimg.cli import main
+from llmimg.cli.main import main
 
 sys.exit(main())

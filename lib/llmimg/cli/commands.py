@@ -1,0 +1,200 @@
+"""The commands that run notebooks, draw images and measure speed: ``reproduce``, ``data preview``,
+``generate`` and ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llmimg.core.store import atomic_write
+
+if TYPE_CHECKING:
+    from llmimg.pipelines.shapes import ShapesPipeline
+
+
+def _write_png(image, path: Path) -> None:
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"the output file must end in .png, got {path.name!r}")
+    try:
+        with atomic_write(path) as f:
+            image.save(f, format="PNG")
+    except OSError as err:  # name the user's file, not the temporary one beside it
+        raise OSError(f"cannot write {str(path)!r}: {err.strerror or err}") from err
+
+
+def _check_writable(folder: Path) -> None:
+    """Raise if no file can be created in ``folder``, by creating one: permissions alone miss read-only mounts."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot write into the folder {str(folder)!r} of the output file: "
+                         f"{err.strerror or err}") from None
+
+
+def reproduce_command(args: argparse.Namespace) -> int:
+    from llmimg.core.config import project_root
+    from llmimg.course import reference
+    from llmimg.course.reproduce import changed_notebooks, discover_notebooks, reproduce
+    from llmimg.research import seed_spread
+
+    root = project_root()
+    if root is None and (args.changed_since or args.check or args.check_only or args.write_reference):
+        raise RuntimeError("--changed-since, --check, --check-only and --write-reference need a source checkout "
+                           "(a git clone installed with pip install -e .)")
+    only = args.only
+    if args.changed_since:
+        only = changed_notebooks(root, args.changed_since)
+        if only == []:
+            print(f"no notebook is touched by the changes since {args.changed_since}: nothing to run")
+            return 0
+        print(f"notebooks touched by the changes since {args.changed_since}: "
+              + ("all (the library or the dependencies changed)" if only is None else ", ".join(only)))
+    if not args.check_only:
+        runs = reproduce(args.profile, only=only, write_back=args.write_back, progress=not args.no_progress)
+        total = sum(r.seconds for r in runs)
+        print(f"ran {len(runs)} notebook(s) in {total:.0f} s: executed notebooks and report.html in build/, "
+              f"{sum(len(r.figures) for r in runs)} figure(s) in figures/")
+    if args.write_reference:
+        spread = seed_spread.load(args.profile)
+        ref = reference.write_reference(root, args.profile, (spread or {}).get("numbers"))
+        print(f"wrote data/reference/{ref['profile']}.json: {len(ref['numbers'])} numbers"
+              + (f"; without a measured spread, not checked: {', '.join(ref['unchecked'])}" if ref["unchecked"] else ""))
+    if args.check or args.check_only:
+        stems = None if only is None else [p.stem for p in discover_notebooks(root / "notebooks", only)]
+        rows = reference.check(root, args.profile, notebooks=stems)
+        print(reference.format_table(rows))
+        return 0 if all(r.ok for r in rows) else 1
+    return 0
+
+
+def preview_command(args: argparse.Namespace) -> int:
+    from llmimg.core.data import ShapesWorld
+    from llmimg.core.viz import sample_grid
+
+    samples = list(ShapesWorld(seed=args.seed).samples(args.n, args.split))
+    _write_png(sample_grid(samples, cols=args.cols, caption=args.caption), args.output)
+    print(f"wrote {args.n} {args.split} samples (seed {args.seed}) to {args.output}")
+    return 0
+
+
+def _output_files(output: Path, batch: int) -> list[Path]:
+    """The PNG files ``generate`` writes; checked before anything is loaded, so a typo costs no generation."""
+    if output.suffix.lower() != ".png":
+        raise ValueError(f"the output file must end in .png, got {output.name!r}")
+    if not output.parent.is_dir():
+        raise ValueError(f"the folder {str(output.parent)!r} of the output file does not exist")
+    _check_writable(output.parent)
+    files = [output] if batch == 1 else [output.with_name(f"{output.stem}-{k}{output.suffix}")
+                                         for k in range(1, batch + 1)]
+    for file in files:
+        if file.is_dir():
+            raise ValueError(f"{str(file)!r} is a folder, not a PNG file")
+    return files
+
+
+def _load_pipeline(args: argparse.Namespace) -> ShapesPipeline:
+    """The saved pipeline of ``--pipeline``, else the profile's (its missing stages trained first)."""
+    from llmimg.pipelines import shapes
+
+    if args.pipeline is None:
+        return shapes.get(args.profile, progress=not args.no_progress)
+    return shapes.ShapesPipeline.from_pretrained(args.pipeline)
+
+
+def generate_command(args: argparse.Namespace) -> int:
+    """``llmimg generate``: check the arguments, load the pipeline, draw every image, then write them all."""
+    from llmimg.core.seeding import torch_generator
+    from llmimg.core.text import check_unicode
+    from llmimg.pipelines.shapes import DEFAULT_SCHEDULER, DEFAULT_STEPS
+
+    check_unicode(args.prompt)  # the words are checked by the pipeline's own tokenizer, once it is loaded
+    files = _output_files(args.output, args.batch)
+
+    steps, scheduler = args.steps or DEFAULT_STEPS, args.scheduler or DEFAULT_SCHEDULER
+    pipe = _load_pipeline(args)
+    pipe.use_scheduler(scheduler)
+    # One generator per image, image k's from the seed S+k-1 alone: its noise and its description are the
+    # ones a single call with that seed gives, whatever the batch.
+    generators = [torch_generator(args.seed + k, "noise") for k in range(args.batch)]
+    out = pipe([args.prompt] * args.batch, num_inference_steps=steps, guidance_scale=args.guidance,
+               generator=generators, upsample=not args.no_llm)
+    for image, file in zip(out.images, files):  # only now: a failed generation writes nothing
+        _write_png(image, file)
+    guidance = args.guidance if args.guidance is not None else pipe.config.stage_configs["generator"]["guidance_scale"]
+    result = {"prompt": args.prompt, "descriptions": out.descriptions, "files": [str(f) for f in files],
+              "timings_ms": {key: round(value, 3) for key, value in out.timings.items()}, "steps": steps,
+              "guidance_scale": guidance, "scheduler": scheduler, "upsample": not args.no_llm,
+              "seed": args.seed}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_generated(result)
+    return 0
+
+
+def _print_generated(result: dict) -> None:
+    """What ``generate`` did, in a few lines: each file with the text it shows, then the settings and stage timings."""
+    source = "the LLM's description" if result["upsample"] else "the prompt, no LLM"
+    for file, text in zip(result["files"], result["descriptions"]):
+        print(f"wrote {file}: {text!r} ({source})")
+    print(f"settings: {result['steps']} {result['scheduler']} steps, guidance {result['guidance_scale']:g}, "
+          f"seed {result['seed']}")
+    ms = result["timings_ms"]
+    stages = ", ".join(f"{key} {value:.1f}" for key, value in ms.items() if key != "total")
+    print(f"timings (ms): {stages}; total {ms['total']:.1f}")
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    from llmimg.core.data.stats import measure_throughput
+
+    data = measure_throughput(n=args.n, repeats=args.repeats, threads=1)
+    result = {"data_images_per_s": round(data["images_per_s"], 1),
+              "data_images_per_s_min": round(data["images_per_s_min"], 1),
+              "data_images_per_s_max": round(data["images_per_s_max"], 1),
+              "data_threads": data["threads"]}
+    if not args.no_pipeline:
+        from llmimg.speed.bench import bench_pipeline
+
+        result.update(bench_pipeline(args.profile, n_quality=args.quality_n, repeats=args.repeats,
+                                     progress=not args.no_progress, compile_unet=not args.no_compile))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"ShapesWorld data loading, 1 thread: {result['data_images_per_s']:.0f} images/s median "
+          f"(min {result['data_images_per_s_min']:.0f}, max {result['data_images_per_s_max']:.0f}, "
+          f"{args.repeats} passes of {args.n})")
+    if not args.no_pipeline:
+        _print_pipeline_bench(result)
+    return 0
+
+
+def _print_pipeline_bench(r: dict) -> None:
+    """The pipeline benchmark in a few lines: latency by stage, throughput, the speed-up and its quality."""
+    print(f"pipeline ({r['profile']}, {r['device']}, {r['threads']} threads), {r['fast_setting']}:")
+    for batch, ms in r["stage_latency_ms"].items():
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in ms.items() if k != "total")
+        print(f"  {batch.replace('_', ' ')}: {ms['total']:.1f} ms median ({stages})")
+    print(f"  {r['images_per_s']:.1f} images/s at batch 32; peak memory {r['peak_rss_mb']:.0f} MiB")
+    print(f"  vs {r['baseline_setting']} on the same {r['quality_prompts']} prompts: {r['speedup_vs_baseline']:.1f}x "
+          f"faster ({r['quality_images_per_s']:.2f} vs {r['baseline_images_per_s']:.3f} images/s); ShapesEval "
+          f"all-correct {r['all_correct']:.3f} vs {r['baseline_all_correct']:.3f}")
+    stages = ", ".join(f"{k} {v / 1e6:.1f}" for k, v in r["flops_per_image_by_stage"].items())
+    print(f"  {r['flops_per_image'] / 1e6:.1f} MFLOP per image ({stages}); peak matmul "
+          f"{r['peak_matmul_gflops']:.1f} GFLOP/s; MFU: sampling step {r['mfu_sample']:.1%} "
+          f"(batch {r['sample_step']['batch_size']}), training step {r['mfu_train']:.1%} "
+          f"(batch {r['train_step']['batch_size']})")
+    print(f"  techniques on {r['technique_prompts']} prompts (speed-up vs the default, ShapesEval all-correct ± se):")
+    for name, t in r["techniques"].items():
+        print(f"    {name:<24} {t['speedup']:5.2f}x  {t['all_correct']:.3f} ± {t['all_correct_se']:.3f}  "
+              f"({t['what']})")
+    f = r["fastest_setting"]
+    if not f["meets_baseline_quality"]:
+        print("  no setting kept the baseline's quality, not even the default; below, the fastest at the default's")
+    print(f"  fastest at equal quality: {f['name']} ({f['what']}): {f['speedup_vs_baseline']:.0f}x the baseline, "
+          f"{f['end_to_end_ms_batch_1']:.1f} ms at batch 1, {f['images_per_s']:.1f} images/s at batch 32, "
+          f"all-correct {f['all_correct']:.3f} ± {f['all_correct_se']:.3f}")

@@ -1,0 +1,148 @@
+"""The commands that train and evaluate models: ``train``, ``eval`` and ``experiment``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from llmimg.cli.parser import JOINT_REGIMES
+
+
+def _stage(name: str):
+    """The module that trains, loads and evaluates ``name``: a stage package, the pipeline or the distillation."""
+    import importlib
+
+    return importlib.import_module({"clip": "llmimg.stages.clip", "llm": "llmimg.stages.llm",
+                                    "generator": "llmimg.stages.generator", "pipeline": "llmimg.pipelines.shapes",
+                                    "distilled": "llmimg.speed.distillation"}[name])
+
+
+def _shown(path: Path, where: str = " in the model cache") -> str:
+    """A path as a user can find it: relative to the working folder when inside it, else its last two parts."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return f"{path.parent.name}/{path.name}{where}"
+
+
+def train_command(args: argparse.Namespace) -> int:
+    import time
+
+    t0 = time.perf_counter()
+    if args.stage == "joint":
+        return _train_joint(args)
+    if (args.regime, args.lam) != (None, None):
+        raise SystemExit("llmimg train: --regime and --lam are for 'llmimg train joint' only")
+    options = {"steps": args.steps} if args.stage == "distilled" else {}
+    model = _stage(args.stage).get(args.profile, force=args.force, progress=not args.no_progress, **options)
+    manifest = model.manifest
+    print(f"{args.stage} ({model.path.parent.name} profile) ready in {time.perf_counter() - t0:.0f} s: "
+          f"{_shown(model.path)}")
+    metrics, source = manifest.metrics, ""
+    if not metrics and manifest.curve:  # the generator: the last point of its learning curve
+        metrics = manifest.curve[-1]
+        source = f" (on {metrics['n']} one-object val descriptions)"
+    if metrics:
+        print(f"held-out metrics{source}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
+                                                         if isinstance(v, float) and k != "train_seconds"))
+    return 0
+
+
+def _train_joint(args: argparse.Namespace) -> int:
+    """``llmimg train joint``: one regime, trained and scored; under ``accelerate launch`` on every process."""
+    from accelerate import PartialState
+
+    from llmimg.research import joint
+
+    if args.regime is None:
+        raise SystemExit(f"llmimg train joint: choose a regime with --regime ({', '.join(JOINT_REGIMES)})")
+    state = PartialState()
+    if state.num_processes > 1:
+        return _train_joint_distributed(args, state)
+    result = joint.run(args.regime, args.profile, lam=args.lam, progress=not args.no_progress, force=args.force)
+    m = result.metrics
+    print(f"joint training, {args.regime} regime ({result.path.parent.name} profile): {result.config.train.steps} "
+          f"optimiser steps of {result.config.train.batch_size} in {result.train_seconds:.0f} s: {_shown(result.path)}")
+    print(", ".join(f"{k} {m[k]:.3f} ± {m[k + '_se']:.3f}" for k in joint.METRICS) + f" (n = {m['n']})")
+    return 0
+
+
+def _train_joint_distributed(args: argparse.Namespace, state) -> int:
+    """One regime on several processes (``accelerate launch -m llmimg train joint ...``); the main one scores it."""
+    from llmimg.core.config import get_profile
+    from llmimg.research import joint
+
+    config = joint.default_config(args.profile, args.regime, **({} if args.lam is None else {"lam": args.lam}))
+    # Every stage fit() trains joins the processes' DDP group: a starting model missing from the cache
+    # would be trained by one process while the others wait for it, forever.
+    if not joint.start_is_cached(args.profile):
+        raise SystemExit(f"llmimg train joint: train the starting models on one process first "
+                         f"(llmimg train joint --regime {args.regime} --profile {get_profile(args.profile).name}), "
+                         "then launch on several")
+    begin = joint.start(args.profile, progress=False)
+    result = joint.train(config, begin, progress=not args.no_progress)
+    if state.is_main_process:
+        llm, image_generator = joint.stages(result.model)
+        print(json.dumps({args.regime: {**joint.evaluate(llm, image_generator, joint.eval_size(args.profile)),
+                                        "train_seconds": result.seconds, "optimizer_steps": config.train.steps,
+                                        "processes": state.num_processes}}))
+    return 0
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    from llmimg.core.config import get_profile
+
+    if args.stage == "joint":
+        from llmimg.research import joint
+
+        if args.n is not None:
+            raise SystemExit("llmimg eval joint: --n is fixed by the profile (every regime is scored on the same "
+                             "scenes when it is trained)")
+        runs = joint.compare_all(args.profile, progress=not args.no_progress)
+        summary = {"stage": "joint", "profile": get_profile(args.profile).name,
+                   "regimes": {name: r.summary() for name, r in runs.items()},
+                   "verdict": joint.verdict(runs)}
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            print(joint.table(runs).to_string(float_format=lambda v: f"{v:.3f}"))
+            print(summary["verdict"])
+        return 0
+
+    stage = _stage(args.stage)
+    n = args.n or get_profile(args.profile).size(f"{args.stage}.eval_n")
+    model = stage.get(args.profile, progress=not args.no_progress)
+    metrics = {"stage": args.stage, "profile": get_profile(args.profile).name, **stage.evaluate(model, n=n)}
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for key, value in metrics.items():
+            print(f"{key:>32}: {value:.4f}" if isinstance(value, float) else f"{key:>32}: {value}")
+    return 0
+
+
+def experiment_command(args: argparse.Namespace) -> int:
+    from llmimg.research import recipes, seed_spread
+
+    if args.name == "seed-spread":
+        record = seed_spread.run(args.profile, args.seeds, progress=not args.no_progress)
+        if args.json:
+            print(json.dumps(record))
+            return 0
+        print(f"recorded in {_shown(seed_spread.results_path(args.profile), where='')} ({record['minutes']} min)")
+        for name, values in record["numbers"].items():
+            print(f"  {name:>40}: " + "  ".join(f"{v:.4f}" for v in values))
+        return 0
+
+    record = recipes.run(args.profile, args.only, steps=args.steps, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(record))
+        return 0
+    print(f"recorded in {_shown(recipes.results_path(args.profile), where='')}")
+    for name, r in record["recipes"].items():
+        last, two = (r["curve"][-1] if r["curve"] else {}), r.get("two_objects", {})
+        print(f"  {name:>24}: {r['steps']} steps in {r['train_seconds'] or float('nan'):.0f} s, all-correct "
+              f"{last.get('all_correct', float('nan')):.3f} on {last.get('n', 0)} one-object and "
+              f"{two.get('all_correct', float('nan')):.3f} on {two.get('n', 0)} two-object val descriptions")
+    return 0

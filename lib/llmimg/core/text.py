@@ -1,0 +1,184 @@
+"""The tokenizer every stage shares, and the checks a typed prompt goes through.
+
+ShapesWorld's language is closed: a few dozen words. So the tokenizer is a
+word-level model trained with the ``tokenizers`` library on ShapesWorld text and
+wrapped as a ``transformers`` fast tokenizer; it is saved inside each model folder
+and loads back with ``AutoTokenizer.from_pretrained(folder)``.
+
+Every encoded text is ``<bos> words <eos>``, padded with ``<pad>`` (id 0) to the
+context length. ``<eos>`` has id 2, the id open_clip's ``eos`` text pooling expects.
+
+**Unknown words.** Inside the tokenizer, a word outside the vocabulary becomes
+``<unk>``, as in any HF tokenizer. Where text is used as a *prompt* (the CLIP, LLM and
+generator entry points) it goes through :func:`check_prompt` first, which raises
+:class:`UnknownWordsError` naming the words, so nothing ever reaches a model silently
+mangled. The same goes for empty and overlong prompts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+import torch
+from transformers import PreTrainedTokenizerFast
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, UNK)  # ids 0, 1, 2, 3 in this order
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(4)
+CONTEXT_LENGTH = 32  # tokens, <bos> and <eos> included: room for two described objects and more
+
+
+class PromptError(ValueError):
+    """A prompt the models cannot take; the message says why and what to do."""
+
+
+class EmptyPromptError(PromptError):
+    """A prompt with no words in it."""
+
+
+class UnknownWordsError(PromptError):
+    """A prompt with words outside the vocabulary; ``.words`` lists them in order of appearance."""
+
+    def __init__(self, words: Sequence[str], vocabulary: Iterable[str]) -> None:
+        self.words = list(words)
+        known = ", ".join(sorted(v for v in vocabulary if v not in SPECIAL_TOKENS))
+        super().__init__(
+            f"unknown word{'s' if len(self.words) > 1 else ''} {', '.join(map(repr, self.words))}: "
+            f"ShapesWorld's models only know these words: {known}"
+        )
+
+
+class PromptTooLongError(PromptError):
+    """A prompt with more tokens than the context holds."""
+
+
+def shapes_texts(n: int = 2_000, seed: int = 0) -> list[str]:
+    """ShapesWorld descriptions and prompts of ``n`` training scenes: the tokenizer's corpus."""
+    from llmimg.core.data import ShapesWorld
+
+    texts = []
+    for sample in ShapesWorld(seed=seed).samples(n, "train"):
+        texts += [sample.description, sample.prompt]
+    return texts
+
+
+def train_tokenizer(texts: Iterable[str] | None = None,
+                    context_length: int = CONTEXT_LENGTH) -> PreTrainedTokenizerFast:
+    """Train the word-level tokenizer on ``texts`` (default: :func:`shapes_texts`) and wrap it for transformers.
+
+    Text is lower-cased and split at whitespace and punctuation before lookup, so
+    ``"A Red circle."`` and ``"a red circle ."`` give the same tokens.
+    """
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from tokenizers.trainers import WordLevelTrainer
+
+    tok = Tokenizer(WordLevel(unk_token=UNK))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(texts if texts is not None else shapes_texts(),
+                            trainer=WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS), show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A {EOS}", special_tokens=[(BOS, BOS_ID), (EOS, EOS_ID)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
+        model_max_length=context_length, padding_side="right",
+    )
+
+
+def for_text_generation(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """A copy of ``tokenizer`` for transformers' ``pipeline("text-generation")``, which continues a prompt.
+
+    The library encodes finished texts, ``<bos> words <eos>``; a prompt to continue must
+    not end with ``<eos>``, so this copy encodes ``<bos> words``, as causal LMs' tokenizers
+    do. The pipeline appends the decoded new tokens to the prompt as they are, so each
+    word decodes with its leading space, as GPT-2's tokens do.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, processors
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_padding()  # transformers leaves its last call's padding and truncation on the backend
+    backend.no_truncation()
+    backend.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, BOS_ID)])
+    backend.decoder = decoders.Replace(Regex("^"), " ")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
+        model_max_length=tokenizer.model_max_length, padding_side=tokenizer.padding_side,
+    )
+
+
+def words(text: str) -> list[str]:
+    """The words of ``text`` as the tokenizer splits them (lower case, punctuation apart)."""
+    return re.findall(r"\w+|[^\w\s]+", text.lower())
+
+
+# Typed punctuation the prompt checks read as spaces: "a red circle!" and "a red circle, top-left" are fine.
+IGNORED_PUNCTUATION = str.maketrans({c: " " for c in ".,;:!?\"()-"})
+
+
+def check_unicode(text: str) -> None:
+    """Raise a :class:`PromptError` for text that is not valid Unicode: lone surrogates, undecodable bytes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        char = text[err.start]
+        # Python decodes a command line's invalid bytes to surrogates U+DC80..U+DCFF ("surrogateescape").
+        what = (f"the byte {ord(char) - 0xDC00:#04x}, which is not UTF-8 text" if 0xDC80 <= ord(char) <= 0xDCFF
+                else f"a lone surrogate ({char!a}), which is not a character")
+        raise PromptError(f"the prompt is not valid text: at position {err.start} it has {what}") from None
+
+
+def check_prompt(tokenizer: PreTrainedTokenizerFast, text: str) -> str:
+    """Return ``text`` as the models will read it if they can take it as a prompt, else raise a :class:`PromptError`.
+
+    Surrounding spaces go, and the punctuation in :data:`IGNORED_PUNCTUATION` reads as
+    a space. Raises :class:`EmptyPromptError` for no words, :class:`UnknownWordsError`
+    naming any word outside the vocabulary, :class:`PromptTooLongError` when it needs
+    more tokens than ``tokenizer.model_max_length``, and :class:`PromptError` for
+    text that is not valid Unicode (lone surrogates, undecodable bytes).
+    """
+    if not isinstance(text, str):
+        raise PromptError(f"a prompt must be a string, got {type(text).__name__}")
+    check_unicode(text)
+    # Punctuation as people type it carries nothing ShapesWorld's words do not: read it as a space.
+    stripped = " ".join(text.translate(IGNORED_PUNCTUATION).split())
+    if not stripped:
+        raise EmptyPromptError("the prompt is empty: type a few words, for example 'a red circle'")
+    vocab = tokenizer.get_vocab()
+    pieces = tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str(
+        tokenizer.backend_tokenizer.normalizer.normalize_str(stripped))
+    unknown = list(dict.fromkeys(w for w, _ in pieces if w not in vocab or w in SPECIAL_TOKENS))
+    if unknown:
+        raise UnknownWordsError(unknown, vocab)
+    n_tokens = len(pieces) + 2
+    if n_tokens > tokenizer.model_max_length:
+        raise PromptTooLongError(
+            f"the prompt has {n_tokens} tokens (with <bos> and <eos>), more than the "
+            f"{tokenizer.model_max_length} the models read; shorten it")
+    return stripped
+
+
+def encode(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str], *, check: bool = True,
+           context_length: int | None = None) -> dict[str, torch.Tensor]:
+    """Token ids and attention mask of ``texts``, padded to the context length, as tensors.
+
+    With ``check=True`` (the default) every text goes through :func:`check_prompt`
+    first; training code, whose texts come from ShapesWorld, passes ``check=False``.
+    The empty string is allowed when unchecked: it encodes to ``<bos> <eos>``, the
+    "no condition" text of classifier-free guidance.
+    """
+    if isinstance(texts, str):
+        raise TypeError("encode takes a list of texts; wrap a single text in a list")
+    if check:
+        texts = [check_prompt(tokenizer, t) for t in texts]
+    out = tokenizer(list(texts), padding="max_length", truncation=True,
+                    max_length=context_length or tokenizer.model_max_length, return_tensors="pt")
+    return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
+
+
+def decode(tokenizer: PreTrainedTokenizerFast, ids: torch.Tensor | Sequence[Sequence[int]]) -> list[str]:
+    """Texts of token id rows, stopping at the first ``<eos>``; special tokens dropped."""
+    rows = ids.tolist() if isinstance(ids, torch.Tensor) else [list(r) for r in ids]
+    cut = [r[: r.index(EOS_ID)] if EOS_ID in r else r for r in rows]
+    return [t.strip() for t in tokenizer.batch_decode(cut, skip_special_tokens=True)]

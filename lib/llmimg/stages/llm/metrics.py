@@ -1,0 +1,159 @@
+"""What a trained LLM does: the upsampler's validity, faithfulness and open-attribute distribution, and captions."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from llmimg.core import seeding
+from llmimg.core.data import (ParseError, ShapesWorld, complete_prompt, parse_description, parse_prompt,
+                              prompt_matches)
+from llmimg.core.evaluation import standard_error
+from llmimg.stages.llm.config import MAX_TRIES
+from llmimg.stages.llm.writer import ShapesLLM, prompt_seeds
+
+# The rates of `evaluate` that notebook 04 records and the reference check compares.
+HEADLINE = ("valid_rate", "faithfulness_one_object", "faithfulness_two_objects", "caption_accuracy",
+            "heldout_caption_accuracy")
+OPEN_ATTRIBUTES = ("colour", "size", "position")
+
+
+def open_attributes(prompt: str, scene: Any) -> list[tuple[str, str]]:
+    """(attribute, value) of every attribute ``scene`` fills in that ``prompt`` leaves open.
+
+    Prompt objects are paired with the scene's objects by the first assignment that
+    keeps every stated attribute; an unfaithful scene gives nothing.
+    """
+    partials = parse_prompt(prompt)
+    if len(partials) != len(scene):
+        return []
+    for perm in itertools.permutations(scene.objects):
+        if all(p.matches(o) for p, o in zip(partials, perm)):
+            return [(a, getattr(o, a)) for p, o in zip(partials, perm) for a in OPEN_ATTRIBUTES
+                    if getattr(p, a) is None]
+    return []
+
+
+def total_variation(a: Counter, b: Counter) -> float:
+    """Total-variation distance between two empirical distributions given as counts."""
+    na, nb = sum(a.values()), sum(b.values())
+    if not na or not nb:
+        return float("nan")
+    return 0.5 * sum(abs(a[k] / na - b[k] / nb) for k in set(a) | set(b))
+
+
+def upsampling_scores(prompts: list[str], outputs: list[str], seed: int = 0) -> dict[str, Any]:
+    """Validity, faithfulness and open-attribute distribution match of descriptions written for ``prompts``.
+
+    The distribution is compared with the oracle upsampler (:func:`~llmimg.core.data.complete_prompt`)
+    on the same prompts, by the total-variation distance per open attribute;
+    ``open_attribute_tv_floor`` is the distance between two oracle runs of the same
+    size, the part of the number that is sampling noise.
+    """
+    rng = seeding.numpy_rng(seed, "eval")
+    valid = faithful = 0
+    model, oracle, oracle2 = Counter(), Counter(), Counter()
+    by_count: dict[str, list[bool]] = {}
+    for prompt, text in zip(prompts, outputs):
+        kept = by_count.setdefault(str(len(parse_prompt(prompt))), [])
+        kept.append(False)
+        oracle.update(open_attributes(prompt, complete_prompt(prompt, rng)))
+        oracle2.update(open_attributes(prompt, complete_prompt(prompt, rng)))
+        try:
+            scene = parse_description(text)
+        except ParseError:
+            continue
+        valid += 1
+        if prompt_matches(prompt, scene):
+            faithful += 1
+            kept[-1] = True
+            model.update(open_attributes(prompt, scene))
+    by_attr = {a: total_variation(Counter({k: v for k, v in model.items() if k[0] == a}),
+                                  Counter({k: v for k, v in oracle.items() if k[0] == a})) for a in OPEN_ATTRIBUTES}
+    floor = {a: total_variation(Counter({k: v for k, v in oracle2.items() if k[0] == a}),
+                                Counter({k: v for k, v in oracle.items() if k[0] == a})) for a in OPEN_ATTRIBUTES}
+    n = len(prompts)
+    return {"valid_rate": valid / n, "faithfulness": faithful / n,
+            "faithfulness_by_objects": {k: float(np.mean(v)) for k, v in sorted(by_count.items())},
+            "open_attribute_tv": _mean(by_attr.values()),
+            "open_attribute_tv_floor": _mean(floor.values()),
+            "open_attribute_tv_per_attribute": by_attr}
+
+
+def _mean(values: Any) -> float:
+    """Mean of the numbers that are not NaN; NaN if there are none (no open attribute was ever filled in)."""
+    finite = [v for v in values if not np.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def caption_scores(scenes: list[Any], outputs: list[str]) -> dict[str, float]:
+    """Share of captions that parse, and that describe their image exactly (every attribute right)."""
+    valid = exact = 0
+    for scene, text in zip(scenes, outputs):
+        try:
+            written = parse_description(text)
+        except ParseError:
+            continue
+        valid += 1
+        exact += written == scene
+    return {"caption_valid_rate": valid / len(scenes), "caption_accuracy": exact / len(scenes)}
+
+
+def evaluate(llm: ShapesLLM, n: int = 500, split: str = "val", seed: int = 0,
+             batch_size: int = 250) -> dict[str, Any]:
+    """The LLM metrics of ``llmimg eval llm`` on ``n`` held-out scenes: upsampling (sampled) and captioning (greedy).
+
+    Upsampling is scored as the upsampler works, with its checker (redraws of
+    descriptions that contradict the prompt, :meth:`ShapesLLM.upsample_from`), and, under
+    ``model_*`` keys, on the model's first draws alone. Faithfulness is also split by
+    the prompt's number of objects (``*_one_object``, ``*_two_objects``);
+    ``upsample_draws`` is the mean number of draws per prompt. Captioning is measured
+    again on ``n`` scenes of the compositional ``heldout`` split
+    (``heldout_caption_accuracy``). Every rate has its standard error (``<key>_se``).
+    """
+    def captions(samples: list[Any]) -> list[str]:
+        return [c for start in range(0, len(samples), batch_size)
+                for c in llm.caption(np.stack([s.image for s in samples[start:start + batch_size]]))]
+
+    def upsample(max_tries: int) -> tuple[list[str], list[int]]:
+        parts = [llm.upsample(prompts[start:start + batch_size], seed=seeds[start:start + batch_size],
+                              max_tries=max_tries, return_draws=True) for start in range(0, n, batch_size)]
+        return [d for texts, _ in parts for d in texts], [k for _, draws in parts for k in draws]
+
+    samples = list(ShapesWorld(seed=seed).samples(n, split))
+    heldout = list(ShapesWorld(seed=seed).samples(n, "heldout"))
+    prompts = [s.prompt for s in samples]
+    seeds = prompt_seeds(seed, n)  # prompt k samples from its own stream, whatever its batch
+    t0 = time.perf_counter()
+    (checked, draws), (first, _) = upsample(MAX_TRIES), upsample(1)  # same seeds: the checker's first draws
+    written, written_heldout = captions(samples), captions(heldout)
+    seconds = time.perf_counter() - t0
+    by_objects = Counter(len(s.scene) for s in samples)
+    counts = {"one_object": by_objects[1], "two_objects": by_objects[2]}
+    rates: dict[str, float] = {}
+    for prefix, outputs in (("", checked), ("model_", first)):
+        scores = upsampling_scores(prompts, outputs, seed=seed)
+        rates[f"{prefix}valid_rate"], rates[f"{prefix}faithfulness"] = scores["valid_rate"], scores["faithfulness"]
+        for key, count in (("one_object", "1"), ("two_objects", "2")):
+            rates[f"{prefix}faithfulness_{key}"] = scores["faithfulness_by_objects"].get(count, float("nan"))
+        if not prefix:
+            tv = {k: scores[k] for k in ("open_attribute_tv", "open_attribute_tv_floor",
+                                         "open_attribute_tv_per_attribute")}
+    rates.update(caption_scores([s.scene for s in samples], written))
+    rates["heldout_caption_accuracy"] = caption_scores([s.scene for s in heldout], written_heldout)["caption_accuracy"]
+
+    def n_of(key: str) -> int:
+        return next((c for k, c in counts.items() if key.endswith(k)), n)
+
+    errors = {f"{k}_se": standard_error(v, n_of(k)) if n_of(k) and not np.isnan(v) else float("nan")
+              for k, v in rates.items()}
+    return {**rates, **errors, **tv, "upsample_draws": float(np.mean(draws)), "n_one_object": by_objects[1],
+            "n_two_objects": by_objects[2], "n": n, "seconds": seconds}
+
+
+__all__ = ["HEADLINE", "OPEN_ATTRIBUTES", "caption_scores", "evaluate", "open_attributes", "total_variation",
+           "upsampling_scores"]
