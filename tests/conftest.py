@@ -3,6 +3,8 @@ hypothesis profile every property test runs under."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from hypothesis import settings
@@ -51,3 +53,20 @@ def saved(smoke_pipeline, tmp_path_factory):
     path = tmp_path_factory.mktemp("pipelines") / "smoke-pipeline"
     smoke_pipeline.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def saved_before_records():
+    """A function that makes a saved model folder look as it did before manifests recorded their files (schema 1).
+
+    Such folders (the cache a run trained before this release) have no record to check:
+    they must still load, and damage in them is caught by the loaders' own checks.
+    """
+    def strip(folder):
+        manifest = folder / "llmimg.json"
+        data = json.loads(manifest.read_text())
+        data.pop("files", None)
+        manifest.write_text(json.dumps({**data, "schema": 1}))
+        return folder
+
+    return strip

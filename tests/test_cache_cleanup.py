@@ -111,15 +111,40 @@ def test_a_killed_run_is_cleaned_up_and_completed_by_the_next(point, reference, 
     assert (final / "model.safetensors").read_bytes() == reference  # resumed runs end bit-identical
 
 
+# A process that holds a model's training lock, as every run writing into the cache does, and sleeps.
+HOLD_LOCK = ("import fcntl, sys, time\n"
+             "f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)")
+
+
 def test_leftovers_of_a_live_process_are_kept(tmp_path):
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    live = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path / ".clip-0123456789.lock")],
+                            stdout=subprocess.PIPE, text=True)
     try:
+        assert live.stdout.readline().strip() == "locked"
         (tmp_path / f".clip-0123456789.tmp-{live.pid}").mkdir()
+        (tmp_path / f".clip-0123456789.partial.tmp-{live.pid}").mkdir()  # its resumable state, being saved
         (tmp_path / f".clip-0123456789.tmp-{os.getpid()}").mkdir()  # this process's own save in progress
         dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
         (tmp_path / f".llm-0123456789.old-{dead.stdout.strip()}").mkdir()
         assert clean_leftovers(tmp_path) == [f".llm-0123456789.old-{dead.stdout.strip()}"]
-        assert len(list(tmp_path.iterdir())) == 2
+        assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 3
     finally:
         live.kill()
         live.wait()
+
+
+def test_leftovers_whose_process_number_was_reused_are_cleaned(tmp_path):
+    """The number in a leftover's name belongs to a running process that is not training that model: clean it."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # alive, holds no lock
+    try:
+        (tmp_path / f".clip-0123456789.tmp-{other.pid}").mkdir()
+        (tmp_path / ".generator-0123456789.lock").touch()  # a lock file no one holds any more
+        (tmp_path / f".generator-0123456789.partial.tmp-{other.pid}").mkdir()
+        assert sorted(clean_leftovers(tmp_path)) == [f".clip-0123456789.tmp-{other.pid}",
+                                                     f".generator-0123456789.partial.tmp-{other.pid}"]
+        # The model whose lock the caller holds: no one else can be writing it.
+        (tmp_path / f".llm-0123456789.tmp-{other.pid}").mkdir()
+        assert clean_leftovers(tmp_path, held="llm-0123456789") == [f".llm-0123456789.tmp-{other.pid}"]
+    finally:
+        other.kill()
+        other.wait()

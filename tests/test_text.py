@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from llmimg.core.data import ATTRIBUTES, ShapesWorld
+from llmimg.core.data import ATTRIBUTES, ShapesWorld, parse_prompt
 from llmimg.core.text import (BOS_ID, CONTEXT_LENGTH, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, EmptyPromptError,
-                         PromptError, PromptTooLongError, UnknownWordsError, check_prompt, decode, encode,
-                         train_tokenizer)
+                              PromptError, PromptTooLongError, UngrammaticalPromptError, UnknownWordsError,
+                              check_prompt, check_tokenizer, decode, encode, normalise_prompt, train_tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +119,51 @@ def test_encode_checks_by_default_but_training_may_skip(tok):
         encode(tok, "a circle")
     with pytest.raises(PromptError):
         check_prompt(tok, 42)
+
+
+@pytest.mark.parametrize("prompt", ["a red circle！", "a red circle…", "ａ ｒｅｄ ｃｉｒｃｌｅ", "a red circle，top－left",
+                                    "𝐚 𝐫𝐞𝐝 𝐜𝐢𝐫𝐜𝐥𝐞"])
+def test_fullwidth_and_other_compatibility_forms_read_as_their_plain_letters(tok, prompt):
+    """NFKC, as the tokenizer applies it: fullwidth and ellipsis punctuation are punctuation, not unknown words."""
+    expected = "a red circle top left" if "top" in prompt else "a red circle"
+    assert check_prompt(tok, prompt) == expected
+
+
+def test_an_unknown_word_is_quoted_briefly(tok):
+    with pytest.raises(UnknownWordsError) as err:
+        check_prompt(tok, "a " + "z" * 1_000_000 + " circle " + " ".join(f"w{i}" for i in range(20)))
+    message = str(err.value)
+    assert len(message) < 800 and "'zzzzzzzzz" in message and "…'" in message and "and 11 more" in message
+    assert len(err.value.words) == 21 and len(err.value.words[0]) == 1_000_000  # the words themselves are whole
+
+
+@pytest.mark.parametrize("typed, read", [
+    ("A red circle, top-left!", "a red circle in the top left"),
+    ("a red circle in the top left", "a red circle in the top left"),
+    ("small red circle and blue square center", "a small red circle and a blue square in the center"),
+])
+def test_normalise_prompt_writes_what_it_reads_in_the_grammar(tok, typed, read):
+    assert normalise_prompt(tok, typed) == read
+
+
+@settings(max_examples=300)
+@given(words=st.lists(st.sampled_from(sorted(grammar_words() | {",", "!", "-", "…", "Red", "ＣＩＲＣＬＥ"})),
+                      min_size=1, max_size=12))
+def test_every_prompt_accepted_parses_to_the_grammar(tok, words):
+    """The upsampler's checker contract: accepted means it parses; refused means a reason in one line."""
+    try:
+        prompt = normalise_prompt(tok, " ".join(words))
+    except PromptError as err:
+        assert str(err) and "\n" not in str(err)
+        assert isinstance(err, (UngrammaticalPromptError, EmptyPromptError, PromptTooLongError))
+        return
+    assert parse_prompt(prompt) and normalise_prompt(tok, prompt) == prompt  # in the grammar, and a fixed point
+
+
+def test_check_tokenizer_accepts_the_course_tokenizer_and_names_what_is_wrong(tok, tmp_path):
+    assert check_tokenizer(tok) is None
+    tok.save_pretrained(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text("{}")  # emptied: no special tokens, no context length
+    assert "padding, start, end and unknown" in check_tokenizer(AutoTokenizer.from_pretrained(tmp_path))
+    other = train_tokenizer(["a red circle", "a blue square"])
+    assert "vocabulary is not ShapesWorld's words" in check_tokenizer(other)

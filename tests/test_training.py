@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 
@@ -11,8 +12,7 @@ from torch import nn
 
 from llmimg.core import seeding
 from llmimg.core.store import (CheckpointError, Manifest, atomic_directory, cache_key, cached, folder_name, load_tensors,
-                               read_manifest, write_manifest,
-                                require_folder, save_tensors)
+                               read_manifest, require_folder, save_tensors, write_manifest)
 from llmimg.core.training import TrainConfig, _optimizer_from_tensors, _optimizer_to_tensors, fit, lr_factor
 
 TRUE_W = torch.tensor([[1.5, -2.0, 0.5]])
@@ -200,6 +200,58 @@ def test_damaged_resume_state_is_a_clear_error(tmp_path):
         fit(fresh_model(), batch, loss, CONFIG, work_dir=tmp_path, progress=False)
 
 
+def interrupted_at_12(work_dir) -> None:
+    """A run interrupted after 12 steps, its state saved in ``work_dir`` (it checkpoints every 10: this is step 12's)."""
+    with pytest.raises(KeyboardInterrupt):
+        fit(fresh_model(), lambda s: (_ for _ in ()).throw(KeyboardInterrupt) if s == 12 else batch(s), loss,
+            CONFIG, work_dir=work_dir, progress=False)
+
+
+def test_changed_weights_in_resume_state_are_refused_not_trained_on(tmp_path):
+    """A valid safetensors file whose numbers changed would resume into a different model: its checksum says no."""
+    interrupted_at_12(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4:] = b"\x00\x00\x80\x3f"  # the last float becomes 1.0: still a valid file
+    weights.write_bytes(bytes(data))
+    assert load_tensors(weights)  # it loads
+    with pytest.raises(CheckpointError, match="cannot resume .*: model.safetensors is not the file that was saved.*delete"):
+        fit(fresh_model(), batch, loss, CONFIG, work_dir=tmp_path, progress=False)
+
+
+def test_resume_state_without_checksums_is_still_checked(tmp_path):
+    """A state saved before checksums were recorded resumes; numbers that are not finite are refused, not reported
+    as a diverging loss."""
+    old, nan = tmp_path / "old", tmp_path / "nan"
+    for folder in (old, nan):
+        interrupted_at_12(folder)
+        (folder / "checksums.json").unlink(missing_ok=True)
+    assert fit(fresh_model(), batch, loss, CONFIG, work_dir=old, progress=False).resumed_from == 12
+    tensors = load_tensors(nan / "model.safetensors")
+    save_tensors({k: torch.full_like(v, float("nan")) for k, v in tensors.items()}, nan / "model.safetensors")
+    with pytest.raises(CheckpointError, match="model.safetensors holds numbers that are not finite; delete"):
+        fit(fresh_model(), batch, loss, CONFIG, work_dir=nan, progress=False)
+
+
+@pytest.mark.parametrize("state, message", [
+    ([], "is not a mapping"),
+    ({"step": "twelve"}, "no 'step' of the right type"),
+    ("steps beyond the run", "says step 500"),
+])
+def test_resume_state_of_the_wrong_shape_is_refused(tmp_path, state, message):
+    interrupted_at_12(tmp_path)
+    (tmp_path / "checksums.json").unlink(missing_ok=True)  # as if saved before checksums: the shape itself is checked
+    path = tmp_path / "trainer_state.json"
+    saved = json.loads(path.read_text())
+    if state == "steps beyond the run":
+        state = {**saved, "step": 500, "observed": 500}
+    elif isinstance(state, dict):
+        state = {**saved, **state}
+    path.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match=f"cannot resume .*{message}.*delete that folder"):
+        fit(fresh_model(), batch, loss, CONFIG, work_dir=tmp_path, progress=False)
+
+
 def test_optimizer_state_round_trips_without_pickle():
     model = fresh_model()
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
@@ -264,7 +316,9 @@ def test_cached_builds_once_and_leaves_nothing_on_failure(tmp_path, monkeypatch)
     first = cached(key, build, profile="smoke")
     second = cached(key, build, profile="smoke")
     assert first == second == tmp_path / "smoke" / folder_name(key) and len(calls) == 1
-    assert read_manifest(first, "toy") == Manifest("toy", 1, {"a": 1})
+    # the manifest records what the save wrote: each file's size and SHA-256 (computed here independently)
+    assert read_manifest(first, "toy") == Manifest("toy", 1, {"a": 1}, files={
+        "weights.txt": {"size": 1, "sha256": hashlib.sha256(b"w").hexdigest()}})
     cached(key, build, profile="smoke", force=True)
     assert len(calls) == 2
     assert folder_name(cache_key("toy", 1, {"a": 2})) != folder_name(key)

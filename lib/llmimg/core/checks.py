@@ -35,15 +35,21 @@ def prompt_list(prompt: str | Sequence[str]) -> list[str]:
 
 def check_outputs(output_type: str, generator: Any, n_prompts: int) -> None:
     """Refuse an unknown ``output_type``, or generators that are not one torch.Generator or one per prompt."""
-    import torch
-
     if output_type not in ("pil", "np", "pt"):
         raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+    check_generator(generator, n_prompts)
+
+
+def check_generator(generator: Any, n: int, what: str = "prompt") -> None:
+    """Refuse generators that are not one torch.Generator, one per ``what`` (a list of ``n``), or None."""
+    import torch
+
     gens = generator if isinstance(generator, list) else [generator]
     if any(g is not None and not isinstance(g, torch.Generator) for g in gens):
-        raise TypeError("generator must be a torch.Generator, a list of them (one per prompt) or None")
-    if isinstance(generator, list) and len(generator) != n_prompts:
-        raise ValueError(f"got {len(generator)} generators for {n_prompts} prompts")
+        got = type(generator).__name__ if not isinstance(generator, list) else "a list holding other things"
+        raise TypeError(f"generator must be a torch.Generator, a list of them (one per {what}) or None, got {got}")
+    if isinstance(generator, list) and len(generator) != n:
+        raise ValueError(f"got {len(generator)} generators for {n} {what}s")
 
 
-__all__ = ["check_outputs", "check_sampling", "prompt_list"]
+__all__ = ["check_generator", "check_outputs", "check_sampling", "prompt_list"]

@@ -13,7 +13,8 @@ Four things live here, and nowhere else:
   ``$LLMIMG_DEVICE``.
 * **folders and environment variables**: the model cache (``$LLMIMG_CACHE_DIR``), the
   experiment records (``$LLMIMG_EXPERIMENTS_DIR``), the notebook a run is executing
-  (``$LLMIMG_NOTEBOOK``); this is the one module that reads the environment.
+  (``$LLMIMG_NOTEBOOK``), whether the command line shows tracebacks
+  (``$LLMIMG_TRACEBACK``); this is the one module that reads the environment.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ DEVICE_ENV = "LLMIMG_DEVICE"
 CACHE_ENV = "LLMIMG_CACHE_DIR"
 EXPERIMENTS_ENV = "LLMIMG_EXPERIMENTS_DIR"
 NOTEBOOK_ENV = "LLMIMG_NOTEBOOK"  # set by `llmimg reproduce` to the stem of the notebook it runs
+TRACEBACK_ENV = "LLMIMG_TRACEBACK"  # 1: the command line prints the traceback of an unexpected error
 DEVICES: tuple[str, ...] = ("cpu", "cuda", "mps")
 
 T = TypeVar("T")
@@ -202,24 +204,57 @@ def _user_folder() -> Path:
     return Path.home() / ".cache" / "llmimg"
 
 
+def _folder_env(name: str) -> Path | None:
+    """The folder the environment variable ``name`` names, made absolute once and for all.
+
+    A relative value is taken from the working folder where it is first read and
+    written back absolute, so a notebook kernel or a launched process that starts
+    elsewhere (``llmimg reproduce`` runs notebooks in ``notebooks/``) finds the same folder.
+    """
+    value = os.environ.get(name)
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = path.resolve()
+        os.environ[name] = str(path)
+    return path
+
+
+def pin_folders() -> None:
+    """Make a relative ``$LLMIMG_CACHE_DIR`` or ``$LLMIMG_EXPERIMENTS_DIR`` absolute, from the working folder now.
+
+    The command line calls this first thing, so everything it starts reads the folders
+    the user meant, whatever its own working folder.
+    """
+    for name in (CACHE_ENV, EXPERIMENTS_ENV):
+        _folder_env(name)
+
+
 def cache_dir(profile: str | Profile | None = None, *, create: bool = True) -> Path:
     """Folder for trained models of one profile (``<cache>/<profile>``).
 
     The cache is ``$LLMIMG_CACHE_DIR`` if set, else ``data/cache`` in a source
     checkout (ignored by git), else ``~/.cache/llmimg``. A relative
-    ``$LLMIMG_CACHE_DIR`` is taken from the working folder where it was first read.
+    ``$LLMIMG_CACHE_DIR`` is taken from the working folder where it was first read
+    (:func:`pin_folders`).
     """
-    base = os.environ.get(CACHE_ENV)
-    if base:
-        root = Path(base).expanduser().resolve()
-    elif (checkout := project_root()) is not None:
-        root = checkout / "data" / "cache"
-    else:
-        root = _user_folder()
+    root = _folder_env(CACHE_ENV)
+    if root is None:
+        checkout = project_root()
+        root = checkout / "data" / "cache" if checkout is not None else _user_folder()
     path = root / get_profile(profile).name
     if create:
         path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def cache_origin() -> str:
+    """Where the model cache's location comes from, in words, for messages about it."""
+    if os.environ.get(CACHE_ENV):
+        return f"set by ${CACHE_ENV}"
+    where = "the checkout's data/cache" if project_root() is not None else "~/.cache/llmimg"
+    return f"{where}; ${CACHE_ENV} moves it"
 
 
 def experiments_dir() -> Path:
@@ -228,11 +263,16 @@ def experiments_dir() -> Path:
     ``$LLMIMG_EXPERIMENTS_DIR`` if set, else ``data/experiments`` in a source checkout (the
     committed records), else ``~/.cache/llmimg/experiments``. Never inside the package.
     """
-    base = os.environ.get(EXPERIMENTS_ENV)
-    if base:
-        return Path(base).expanduser().resolve()
+    base = _folder_env(EXPERIMENTS_ENV)
+    if base is not None:
+        return base
     checkout = project_root()
     return checkout / "data" / "experiments" if checkout is not None else _user_folder() / "experiments"
+
+
+def show_tracebacks() -> bool:
+    """Whether the command line should print the traceback of an unexpected error (``$LLMIMG_TRACEBACK=1``)."""
+    return os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
 
 
 def current_notebook() -> str | None:

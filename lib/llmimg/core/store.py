@@ -4,10 +4,12 @@ A trained model is a folder in the format of its library (``save_pretrained`` fo
 transformers and diffusers, open_clip's ``local-dir`` layout for CLIP) plus
 ``llmimg.json``, the :class:`Manifest`: the stage, its format version, its full
 configuration, the cache folders of the stages it was trained on (``upstream``), and
-what its training left (history, seconds, learning curve, metrics). Every saved folder
-of the library has this one manifest; it is written last inside a temporary folder
-that is then renamed into place, so a folder that has it is complete and an
-interrupted run leaves no half model.
+what its training left (history, seconds, learning curve, metrics), and the size and
+SHA-256 of every file the save wrote (``files``), which :func:`read_manifest` checks
+before anything is loaded. Every saved folder of the library has this one manifest; it
+is written last (into a temporary cache folder that is then renamed into place, or
+last into a folder a user named, :func:`save_model`), so a folder that has it is
+complete and an interrupted run leaves no half model.
 
 **The cache** (:func:`llmimg.core.config.cache_dir`) names each folder by stage and a
 hash of the model's *identity* (:func:`cache_key`): the stage, its format version (bumped
@@ -25,73 +27,29 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
+
+# atomic_write and atomic_directory live with the other folder writers; they are imported from here as well.
+from llmimg.core.folders import (StorageError, atomic_directory, atomic_write, check_records, file_records, save_into,
+                                 verify_files, write_failure)
 
 MANIFEST = "llmimg.json"
 
 
-SCHEMA = 1  # the manifest's own layout
+# The manifest's own layout. 2 added ``files``; a manifest of schema 1 (saved before) has no
+# record to check and still loads.
+SCHEMA = 2
+READABLE_SCHEMAS = (1, 2)
 
 
 class CheckpointError(RuntimeError):
     """A saved model that is missing, incomplete or corrupt; the message says which and what to do."""
-
-
-@contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
-    """Open a temporary file beside ``path``; on success move it over ``path``, on error delete it.
-
-    ``mode`` is ``"wb"`` or ``"w"`` (text, UTF-8 unless ``encoding`` says otherwise).
-    The parent folder is created if needed; the file gets the usual permissions (umask).
-    """
-    if mode not in ("w", "wb"):
-        raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; keep the usual permissions
-        text = {"encoding": encoding or "utf-8", "newline": "\n"} if mode == "w" else {}
-        with os.fdopen(fd, mode, **text) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``path``; on success it replaces ``path``, on error it goes.
-
-    Readers see the old folder or the new one, never a half-written one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
@@ -143,7 +101,8 @@ class Manifest:
     folder name (``{"clip": "clip-3f2a9c01d2"}``); ``history`` the training loss by step;
     ``seconds`` the training time; ``curve`` scores measured along training; ``metrics``
     the evaluation after training; ``extra`` anything a stage adds (e.g. a distilled
-    student's phases).
+    student's phases); ``files`` the size and SHA-256 of every file the save wrote, by
+    path relative to the folder (:func:`write_manifest` fills it in).
     """
 
     stage: str
@@ -155,6 +114,7 @@ class Manifest:
     curve: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({"schema": SCHEMA, **asdict(self)}, indent=1, sort_keys=True)
@@ -166,40 +126,85 @@ class Manifest:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise CheckpointError(f"{where} is not valid JSON ({err})") from None
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise CheckpointError(f"{where} is not an llmimg manifest of schema {SCHEMA}")
+        if not isinstance(data, dict) or data.get("schema") not in READABLE_SCHEMAS:
+            raise CheckpointError(f"{where} is not an llmimg manifest (schema "
+                                  f"{' or '.join(map(str, READABLE_SCHEMAS))})")
         types = {"stage": str, "format": int, "config": dict, "upstream": dict, "history": list,
-                 "curve": list, "metrics": dict, "extra": dict}
+                 "curve": list, "metrics": dict, "extra": dict, "files": dict}
+        unknown = sorted(set(data) - set(types) - {"schema", "seconds"})
+        if unknown:
+            raise CheckpointError(f"{where} has fields no manifest has: {', '.join(map(repr, unknown))}")
         for name, kind in types.items():
             required = name in ("stage", "format", "config")
-            if (required and name not in data) or (name in data and not isinstance(data[name], kind)):
+            if (required and name not in data) or (name in data and not isinstance(data[name], kind)) \
+                    or (kind is int and isinstance(data.get(name), bool)):
                 raise CheckpointError(f"{where}: {name!r} is missing or is not a {kind.__name__}")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in data.get("upstream", {}).items()):
             raise CheckpointError(f"{where}: 'upstream' must map stage names to folder names")
-        if data.get("seconds") is not None and not isinstance(data["seconds"], (int, float)):
+        if data.get("seconds") is not None and (isinstance(data["seconds"], bool)
+                                                or not isinstance(data["seconds"], (int, float))):
             raise CheckpointError(f"{where}: 'seconds' is not a number")
+        if "files" in data and (problem := check_records(data["files"])):
+            raise CheckpointError(f"{where}: {problem}")
         return cls(**{k: v for k, v in data.items() if k != "schema"})
 
 
 def write_manifest(path: str | os.PathLike, manifest: Manifest) -> None:
-    """Write ``llmimg.json`` into ``path``; call it last, once everything else of the model is saved."""
-    (Path(path) / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+    """Write ``llmimg.json`` into ``path``, recording every other file there; call it last, once the model is saved.
 
-
-def read_manifest(path: str | os.PathLike, stage: str | None = None) -> Manifest:
-    """The :class:`Manifest` of a saved model (of ``stage``, when given); damage is a :class:`CheckpointError`."""
+    The record (:attr:`Manifest.files`) is what :func:`read_manifest` verifies, so
+    ``path`` must hold only what this save wrote: a fresh folder (the cache's, or the
+    staging folder of :func:`save_model`).
+    """
     path = Path(path)
+    recorded = replace(manifest, files=file_records(path, exclude=(MANIFEST,)))
+    (path / MANIFEST).write_text(recorded.to_json(), encoding="utf-8")
+
+
+def read_manifest(path: str | os.PathLike, stage: str | None = None, fix: str = "") -> Manifest:
+    """The :class:`Manifest` of a saved model (of ``stage``, when given), its files checked against their record.
+
+    Damage of any kind (no manifest, a manifest of the wrong shape, a recorded file
+    missing or changed since it was saved) is a :class:`CheckpointError` naming the
+    folder; ``fix`` says how to make it again (``"retrain it with `llmimg train clip
+    --force`"``). A folder saved before the record existed (schema 1) has nothing to
+    verify and loads as before.
+    """
+    path = Path(path)
+    tail = f"; {fix}" if fix else ""
     file = path / MANIFEST
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise CheckpointError(f"{path.name!r} has no {MANIFEST}: not a complete llmimg model folder") from None
+        raise CheckpointError(f"{path.name!r} has no {MANIFEST}: not a complete llmimg model folder{tail}") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{MANIFEST} in {path.name!r} cannot be read ({err})") from err
-    manifest = Manifest.from_json(text, f"{MANIFEST} in {path.name!r}")
+        raise CheckpointError(f"{MANIFEST} in {path.name!r} cannot be read ({err}){tail}") from err
+    try:
+        manifest = Manifest.from_json(text, f"{MANIFEST} in {path.name!r}")
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}{tail}") from None
     if stage is not None and manifest.stage != stage:
-        raise CheckpointError(f"{path.name!r} holds a {manifest.stage} model, not a {stage}")
+        raise CheckpointError(f"{path.name!r} holds a {manifest.stage} model, not a {stage}{tail}")
+    problem = verify_files(path, manifest.files)
+    if problem:
+        raise CheckpointError(f"{path.name!r} is damaged: {problem}{tail}")
     return manifest
+
+
+def save_model(path: str | os.PathLike, write: Callable[[Path], object], manifest: Manifest, what: str) -> Path:
+    """Save a model into ``path`` with ``write(folder)`` and the manifest last; nothing else in ``path`` is touched.
+
+    The stages' ``save_pretrained`` go through here (:func:`~llmimg.core.folders.save_into`):
+    a new or empty ``path`` is written directly; one holding a model (an ``llmimg.json``)
+    gets the new files in place of the old ones, the user's other files kept; any other
+    non-empty folder is refused. ``what`` names the model (``"CLIP"``). A full disk or
+    an unwritable folder is a one-line :class:`~llmimg.core.folders.StorageError`.
+    """
+    def write_all(folder: Path) -> None:
+        write(folder)
+        write_manifest(folder, manifest)
+
+    return save_into(path, write_all, markers=(MANIFEST,), what=what)
 
 
 def upstream_folder(path: str | os.PathLike, manifest: Manifest, stage: str) -> Path:
@@ -232,7 +237,7 @@ def cached_folder(key: dict[str, Any], profile: Any = None) -> Path | None:
     """The finished cache folder of ``key``, or None if it has not been trained."""
     from llmimg.core.config import cache_dir
 
-    final = cache_dir(profile) / folder_name(key)
+    final = cache_dir(profile, create=False) / folder_name(key)
     return final if (final / MANIFEST).is_file() else None
 
 
@@ -243,27 +248,47 @@ def cached(key: dict[str, Any], build: Callable[[Path, Path], None], *, profile:
     ``build(out, work)`` trains the model and saves it, manifest last, into the empty
     folder ``out`` (it may keep resumable state in ``work``, which survives an
     interruption and is removed after success). ``force=True`` retrains even if a
-    finished folder exists.
+    finished folder exists. A cache that cannot be written (full, read-only) is one
+    :class:`~llmimg.core.folders.StorageError` naming the cache and ``$LLMIMG_CACHE_DIR``.
     """
     from llmimg.core.config import cache_dir
 
-    root = cache_dir(profile)
+    root = cache_dir(profile, create=False)
     final = root / folder_name(key)
     if (final / MANIFEST).is_file() and not force:
-        return final
-    with _training_lock(root / f".{final.name}.lock", final.name):
-        if (final / MANIFEST).is_file() and not force:
-            return final  # another process trained it while we waited
-        recovered = not force and _recover(root, final)
-        clean_leftovers(root)
-        work = root / f"{final.name}.partial"
-        if not recovered:
-            with atomic_directory(final) as out:
-                build(out, work)
-                if not (out / MANIFEST).is_file():
-                    raise RuntimeError(f"building {final.name} wrote no {MANIFEST}: the stage's save is incomplete")
-        shutil.rmtree(work, ignore_errors=True)
+        return final  # a finished model is read, never written: a read-only cache still serves it
+    with _writing_cache(root, final.name):
+        root.mkdir(parents=True, exist_ok=True)
+        with _training_lock(root / f".{final.name}.lock", final.name):
+            if (final / MANIFEST).is_file() and not force:
+                return final  # another process trained it while we waited
+            recovered = not force and _recover(root, final)
+            clean_leftovers(root, held=final.name)
+            work = root / f"{final.name}.partial"
+            if not recovered:
+                with atomic_directory(final) as out:
+                    build(out, work)
+                    if not (out / MANIFEST).is_file():
+                        raise RuntimeError(f"building {final.name} wrote no {MANIFEST}: the stage's save is "
+                                           "incomplete")
+            shutil.rmtree(work, ignore_errors=True)
     return final
+
+
+@contextmanager
+def _writing_cache(root: Path, name: str) -> Iterator[None]:
+    """Turn a write the system refuses while building ``name`` into one line naming the cache and how to move it."""
+    try:
+        yield
+    except Exception as err:
+        failure = write_failure(err)
+        if failure is None:
+            raise
+        from llmimg.core.config import CACHE_ENV, cache_origin
+
+        reason, remedy = failure
+        raise StorageError(f"cannot write {name} into the model cache {str(root)!r} ({cache_origin()}): {reason}; "
+                           f"{remedy}, or set ${CACHE_ENV} to another folder", reason, remedy) from err
 
 
 # What atomic_directory leaves when its process is killed: ``.<folder>.tmp-<pid>`` (being written)
@@ -271,22 +296,43 @@ def cached(key: dict[str, Any], build: Callable[[Path, Path], None], *, profile:
 _LEFTOVER = re.compile(r"^\.(?P<folder>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
 
 
-def _leftovers(root: Path) -> Iterator[tuple[Path, re.Match]]:
-    """The temporary folders in ``root`` that processes no longer running left behind."""
+def _leftovers(root: Path, held: str | None = None) -> Iterator[tuple[Path, re.Match]]:
+    """The temporary folders in ``root`` that no running process is writing (``held``: a model whose lock we hold)."""
     for path in root.glob(".*"):
         match = _LEFTOVER.match(path.name)
-        if match and path.is_dir() and int(match["pid"]) != os.getpid() and not _alive(match["pid"]):
+        if match and path.is_dir() and _stale(root, match, held):
             yield path, match
 
 
-def clean_leftovers(root: str | os.PathLike) -> list[str]:
+def _stale(root: Path, match: re.Match, held: str | None) -> bool:
+    """Whether the leftover ``match`` names was left by a run that is over.
+
+    Its process being gone says so. A process of that number still running may be
+    another one (numbers are reused): then the model's training lock decides, since
+    every run writing into the cache holds it (a resumable state ``<model>.partial``
+    falls under its model's lock).
+    """
+    pid = int(match["pid"])
+    if pid == os.getpid():
+        return False  # this process's own save, in progress
+    if not _alive(pid):
+        return True
+    owner = match["folder"].removesuffix(".partial")
+    if not _have_locks():
+        return False  # without locks nothing tells a reused number from a live run: keep it
+    return owner == held or _lock_is_free(root / f".{owner}.lock")
+
+
+def clean_leftovers(root: str | os.PathLike, held: str | None = None) -> list[str]:
     """Remove from ``root`` what killed runs left behind and return their names.
 
-    A folder is removed only if the process named in it is gone, so a save or a
-    training run in progress in another process is never touched.
+    A folder is removed only if no run is writing it: the process named in it is gone,
+    or, when that number now belongs to another process, no one holds the model's
+    training lock (``held`` names a model whose lock the caller holds). A save or a
+    training run in progress is never touched.
     """
     removed = []
-    for path, _ in _leftovers(Path(root)):
+    for path, _ in _leftovers(Path(root), held):
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path.name)
     return removed
@@ -297,11 +343,12 @@ def _recover(root: Path, final: Path) -> bool:
 
     Between the two renames of :func:`atomic_directory` the new folder is complete (it
     has its manifest) but still hidden; a model that took minutes to train is not thrown away.
+    Called with ``final``'s lock held.
     """
     if (final / MANIFEST).is_file():
         return False
-    finished = sorted((match["kind"] == "old", path) for path, match in _leftovers(root)  # the new one first
-                      if match["folder"] == final.name and (path / MANIFEST).is_file())
+    finished = sorted((match["kind"] == "old", path) for path, match in _leftovers(root, held=final.name)
+                      if match["folder"] == final.name and (path / MANIFEST).is_file())  # the new one first
     if not finished:
         return False
     shutil.rmtree(final, ignore_errors=True)
@@ -309,7 +356,7 @@ def _recover(root: Path, final: Path) -> bool:
     return True
 
 
-def _alive(pid: str) -> bool:
+def _alive(pid: int | str) -> bool:
     try:
         os.kill(int(pid), 0)
     except (ValueError, ProcessLookupError):
@@ -317,6 +364,32 @@ def _alive(pid: str) -> bool:
     except PermissionError:  # someone else's process
         return True
     return True
+
+
+def _have_locks() -> bool:
+    try:
+        import fcntl  # noqa: F401
+    except ImportError:  # Windows
+        return False
+    return True
+
+
+def _lock_is_free(path: Path) -> bool:
+    """Whether no process holds the training lock file ``path`` (one that was never created is free)."""
+    import fcntl
+
+    try:
+        with open(path) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return True
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # cannot tell: keep the folder
 
 
 @contextmanager
@@ -362,3 +435,8 @@ def quiet_libraries() -> Iterator[None]:
             if bar:
                 lib.enable_progress_bar()
             lib.set_verbosity(level)
+
+
+__all__ = ["CheckpointError", "MANIFEST", "Manifest", "SCHEMA", "StorageError", "atomic_directory", "atomic_write",
+           "cache_key", "cached", "cached_folder", "clean_leftovers", "folder_name", "load_tensors", "quiet_libraries",
+           "read_manifest", "require_folder", "save_model", "save_tensors", "upstream_folder", "write_manifest"]

@@ -13,11 +13,18 @@ context length. ``<eos>`` has id 2, the id open_clip's ``eos`` text pooling expe
 generator entry points) it goes through :func:`check_prompt` first, which raises
 :class:`UnknownWordsError` naming the words, so nothing ever reaches a model silently
 mangled. The same goes for empty and overlong prompts.
+
+**Prompts to draw.** What the upsampler and the pipelines take goes one step further,
+through :func:`normalise_prompt`: the words must also read as ShapesWorld's grammar,
+leniently ("red circle, top-left!" is ``a red circle in the top left``), so that the
+upsampler's checker can judge every description it writes; what cannot be read so is
+refused with :class:`UngrammaticalPromptError`, saying why.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -38,15 +45,29 @@ class EmptyPromptError(PromptError):
 
 
 class UnknownWordsError(PromptError):
-    """A prompt with words outside the vocabulary; ``.words`` lists them in order of appearance."""
+    """A prompt with words outside the vocabulary; ``.words`` lists them in order of appearance.
+
+    The message quotes at most :data:`SHOWN_WORDS` of them, each cut to
+    :data:`SHOWN_CHARACTERS`, so a pasted page is refused in one readable line.
+    """
 
     def __init__(self, words: Sequence[str], vocabulary: Iterable[str]) -> None:
         self.words = list(words)
         known = ", ".join(sorted(v for v in vocabulary if v not in SPECIAL_TOKENS))
+        shown = [repr(w if len(w) <= SHOWN_CHARACTERS else w[:SHOWN_CHARACTERS - 1] + "…")
+                 for w in self.words[:SHOWN_WORDS]]
+        more = len(self.words) - SHOWN_WORDS
         super().__init__(
-            f"unknown word{'s' if len(self.words) > 1 else ''} {', '.join(map(repr, self.words))}: "
-            f"ShapesWorld's models only know these words: {known}"
+            f"unknown word{'s' if len(self.words) > 1 else ''} {', '.join(shown)}"
+            f"{f' and {more} more' if more > 0 else ''}: ShapesWorld's models only know these words: {known}"
         )
+
+
+SHOWN_WORDS, SHOWN_CHARACTERS = 10, 40  # how much of the unknown words a message quotes
+
+
+class UngrammaticalPromptError(PromptError):
+    """A prompt whose known words do not read as objects (no shape, a word out of place, two objects in one cell)."""
 
 
 class PromptTooLongError(PromptError):
@@ -114,6 +135,7 @@ def words(text: str) -> list[str]:
 
 
 # Typed punctuation the prompt checks read as spaces: "a red circle!" and "a red circle, top-left" are fine.
+# The checks fold the text with NFKC first, so the fullwidth "！", the ellipsis "…" and the like count too.
 IGNORED_PUNCTUATION = str.maketrans({c: " " for c in ".,;:!?\"()-"})
 
 
@@ -132,8 +154,10 @@ def check_unicode(text: str) -> None:
 def check_prompt(tokenizer: PreTrainedTokenizerFast, text: str) -> str:
     """Return ``text`` as the models will read it if they can take it as a prompt, else raise a :class:`PromptError`.
 
-    Surrounding spaces go, and the punctuation in :data:`IGNORED_PUNCTUATION` reads as
-    a space. Raises :class:`EmptyPromptError` for no words, :class:`UnknownWordsError`
+    The text is folded with Unicode's NFKC (as the tokenizer folds it: fullwidth and
+    mathematical letters become plain ones, "…" three full stops), surrounding spaces
+    go, and the punctuation in :data:`IGNORED_PUNCTUATION` reads as a space; case is
+    kept. Raises :class:`EmptyPromptError` for no words, :class:`UnknownWordsError`
     naming any word outside the vocabulary, :class:`PromptTooLongError` when it needs
     more tokens than ``tokenizer.model_max_length``, and :class:`PromptError` for
     text that is not valid Unicode (lone surrogates, undecodable bytes).
@@ -142,7 +166,7 @@ def check_prompt(tokenizer: PreTrainedTokenizerFast, text: str) -> str:
         raise PromptError(f"a prompt must be a string, got {type(text).__name__}")
     check_unicode(text)
     # Punctuation as people type it carries nothing ShapesWorld's words do not: read it as a space.
-    stripped = " ".join(text.translate(IGNORED_PUNCTUATION).split())
+    stripped = " ".join(unicodedata.normalize("NFKC", text).translate(IGNORED_PUNCTUATION).split())
     if not stripped:
         raise EmptyPromptError("the prompt is empty: type a few words, for example 'a red circle'")
     vocab = tokenizer.get_vocab()
@@ -157,6 +181,55 @@ def check_prompt(tokenizer: PreTrainedTokenizerFast, text: str) -> str:
             f"the prompt has {n_tokens} tokens (with <bos> and <eos>), more than the "
             f"{tokenizer.model_max_length} the models read; shorten it")
     return stripped
+
+
+def normalise_prompt(tokenizer: PreTrainedTokenizerFast, text: str) -> str:
+    """A typed prompt in ShapesWorld's grammar, the form the upsampler's checker judges, or a :class:`PromptError`.
+
+    :func:`check_prompt` first (valid text, known words, not too long), then the words
+    are read leniently as objects (:func:`~llmimg.core.data.read_prompt`: a missing
+    article, a position without "in the", phrases without "and") and written back in
+    the grammar, lower case: ``"A red circle, top-left!"`` becomes ``"a red circle in the
+    top left"``. A prompt already in the grammar comes back as it is. Words that cannot
+    be read as objects raise :class:`UngrammaticalPromptError` saying why.
+    """
+    from llmimg.core.data import ParseError, format_prompt, read_prompt
+
+    words = check_prompt(tokenizer, text).lower().split()
+    try:
+        prompt = format_prompt(read_prompt(words))
+    except ParseError as err:
+        raise UngrammaticalPromptError(f"the prompt cannot be read as ShapesWorld objects: {err}") from None
+    n_tokens = len(prompt.split()) + 2
+    if n_tokens > tokenizer.model_max_length:
+        raise PromptTooLongError(f"the prompt reads as {prompt!r}, {n_tokens} tokens (with <bos> and <eos>), more "
+                                 f"than the {tokenizer.model_max_length} the models read; shorten it")
+    return prompt
+
+
+def check_tokenizer(tokenizer: PreTrainedTokenizerFast) -> str | None:
+    """Why ``tokenizer`` is not the course's tokenizer as it was saved, or None if it is.
+
+    Its special tokens must have ids 0 to 3, its vocabulary must be ShapesWorld's words
+    and its context :data:`CONTEXT_LENGTH`: a damaged ``tokenizer_config.json`` would
+    otherwise lift the prompt-length limit or shift the ids the models read.
+    """
+    from llmimg.core.data import ATTRIBUTES
+
+    vocab = tokenizer.get_vocab()
+    if [vocab.get(t) for t in SPECIAL_TOKENS] != list(range(len(SPECIAL_TOKENS))):
+        return f"its special tokens {', '.join(SPECIAL_TOKENS)} do not have the ids 0 to {len(SPECIAL_TOKENS) - 1}"
+    named = (tokenizer.pad_token, tokenizer.bos_token, tokenizer.eos_token, tokenizer.unk_token)
+    if named != SPECIAL_TOKENS:
+        return (f"it names {', '.join(map(str, named))} as padding, start, end and unknown, "
+                f"not {', '.join(SPECIAL_TOKENS)}")
+    words = {"a", "an", "and", "in", "the", *(w for values in ATTRIBUTES.values() for v in values for w in v.split())}
+    if set(vocab) != words | set(SPECIAL_TOKENS):
+        odd = sorted(set(vocab) ^ (words | set(SPECIAL_TOKENS)))
+        return f"its vocabulary is not ShapesWorld's words ({', '.join(map(repr, odd[:5]))} differ)"
+    if tokenizer.model_max_length != CONTEXT_LENGTH:
+        return f"its context is {tokenizer.model_max_length} tokens, not {CONTEXT_LENGTH}"
+    return None
 
 
 def encode(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str], *, check: bool = True,

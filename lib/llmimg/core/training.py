@@ -8,10 +8,13 @@ progress bar with the live loss, the loss history and the checkpoints.
 
 **Resuming.** Every ``checkpoint_every`` steps, and when interrupted (Ctrl-C), the
 model, the optimiser, torch's random-number state, the history and the evaluations go
-to ``work_dir`` as safetensors and JSON, written atomically; a later call with the same
-``work_dir`` continues from there. Batches are a pure function of the step, and an
-optimiser step is applied and recorded whole (a Ctrl-C waits for it), so a resumed run
-ends bit-identical to an uninterrupted one wherever the interrupt landed.
+to ``work_dir`` as safetensors and JSON, written atomically with a checksum of each
+file; a later call with the same ``work_dir`` continues from there. Batches are a pure
+function of the step, and an optimiser step is applied and recorded whole (a Ctrl-C
+waits for it), so a resumed run ends bit-identical to an uninterrupted one wherever the
+interrupt landed. A checkpoint that is damaged (a file changed since it was written, a
+state of the wrong shape, weights that are not finite) is refused with a
+:class:`~llmimg.core.store.CheckpointError`, never resumed into a different model.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ import torch
 from torch import nn
 
 from llmimg.core import seeding
+from llmimg.core.folders import check_records, file_records, verify_files, writing
 from llmimg.core.store import CheckpointError, atomic_directory, load_tensors, save_tensors
 
 TRAIN_STATE = "trainer_state.json"
+STATE_CHECKSUMS = "checksums.json"  # size and SHA-256 of the other files of a checkpoint, written last
 
 
 def cadence(default: int) -> Any:
@@ -93,8 +98,70 @@ class StageConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
-        """The inverse of :meth:`as_dict`."""
-        return cls(**{**d, "train": TrainConfig(**d["train"])})
+        """The inverse of :meth:`as_dict`, checked against the dataclass: a saved config is never completed silently.
+
+        A field that defines the model missing, a field the class does not have, or a
+        value of the wrong type raises ``ValueError`` naming it; only the :func:`cadence`
+        fields (how often something is logged) may be missing and take their defaults.
+        """
+        return cls(**checked_fields(cls, d))
+
+
+def checked_fields(cls: type, d: Any, where: str = "") -> dict[str, Any]:
+    """The keyword arguments of the config dataclass ``cls`` in ``d`` (nested configs built too), checked.
+
+    See :meth:`StageConfig.from_dict`; ``where`` prefixes field names in messages.
+    """
+    import typing
+
+    label = f"{where}." if where else ""
+    if not isinstance(d, dict):
+        raise ValueError(f"the config{' ' + where if where else ''} is not a mapping of fields, got "
+                         f"{type(d).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field {', '.join(repr(label + k) for k in unknown)}")
+    missing = sorted(name for name, f in known.items() if name not in d and f.metadata.get("identity", True))
+    if missing:
+        raise ValueError(f"the config lacks {', '.join(repr(label + k) for k in missing)}, which define the model")
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for name, value in d.items():
+        kind = hints[name]
+        if is_dataclass(kind):
+            out[name] = kind(**checked_fields(kind, value, label + name))
+        elif not _has_type(value, kind):
+            raise ValueError(f"the config's {label + name!r} is {value!r}, not a {getattr(kind, '__name__', kind)}")
+        else:
+            out[name] = value
+    return out
+
+
+def _has_type(value: Any, kind: Any) -> bool:
+    """Whether a JSON value fits the annotation ``kind`` (a tuple may come as a list; an int fits a float)."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, arm) for arm in args)
+    if kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is str:
+        return isinstance(value, str)
+    if origin in (tuple, list):
+        arm = args[0] if args else Any
+        return isinstance(value, (list, tuple)) and all(_has_type(v, arm) for v in value)
+    if origin is dict or kind is dict:
+        return isinstance(value, dict)
+    return True  # Any and the like
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -139,33 +206,70 @@ def _optimizer_from_tensors(tensors: dict[str, torch.Tensor], meta: dict) -> dic
 
 def _save_state(work_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: _Progress,
                 meta: dict) -> None:
-    with atomic_directory(work_dir) as tmp:
+    with writing(work_dir, "the training checkpoint"), atomic_directory(work_dir) as tmp:
         save_tensors(model.state_dict(), tmp / "model.safetensors")
         opt_tensors, opt_meta = _optimizer_to_tensors(optimizer)
         save_tensors(opt_tensors, tmp / "optimizer.safetensors")
         save_tensors(progress.rng, tmp / "rng.safetensors")
         (tmp / "optimizer.json").write_text(json.dumps(opt_meta), encoding="utf-8")
         (tmp / TRAIN_STATE).write_text(json.dumps({**progress.as_json(), "meta": meta}), encoding="utf-8")
+        (tmp / STATE_CHECKSUMS).write_text(json.dumps(file_records(tmp)), encoding="utf-8")
 
 
-def _load_state(work_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, meta: dict) -> _Progress | None:
-    """An interrupted run's progress in ``work_dir``, its weights and optimiser loaded; ``None`` if another run's."""
+# The shape of trainer_state.json: each field and the types it may hold.
+_STATE_FIELDS = {"step": (int,), "observed": (int,), "history": (list,), "running": (list,), "evaluations": (list,),
+                 "train_seconds": (int, float), "meta": (dict,)}
+
+
+def _load_state(work_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, meta: dict,
+                steps: int) -> _Progress | None:
+    """An interrupted run's progress in ``work_dir``, its weights and optimiser loaded; ``None`` if another run's.
+
+    Its files are checked against their checksums (a checkpoint written before they
+    were recorded has none), its state against its shape and ``steps``, and its tensors
+    for numbers that are not finite; any damage is a :class:`CheckpointError`.
+    """
+    def damaged(why: str) -> CheckpointError:
+        return CheckpointError(f"cannot resume from the interrupted run in {work_dir.name!r}: {why}; delete that "
+                               "folder to train from the start")
+
     try:
+        if (work_dir / STATE_CHECKSUMS).is_file():
+            records = json.loads((work_dir / STATE_CHECKSUMS).read_text(encoding="utf-8"))
+            problem = check_records(records) or verify_files(work_dir, records)
+            if problem:
+                raise damaged(problem)
         saved = json.loads((work_dir / TRAIN_STATE).read_text(encoding="utf-8"))
+        if not isinstance(saved, dict):
+            raise damaged(f"{TRAIN_STATE} is not a mapping")
+        for name, kinds in _STATE_FIELDS.items():
+            if not isinstance(saved.get(name), kinds) or isinstance(saved.get(name), bool):
+                raise damaged(f"{TRAIN_STATE} has no {name!r} of the right type")
         if saved["meta"] != meta:
             return None  # a different run's leftovers: start over rather than mix two runs
-        model.load_state_dict(load_tensors(work_dir / "model.safetensors"))
+        if not 0 <= saved["observed"] <= saved["step"] <= steps:
+            raise damaged(f"{TRAIN_STATE} says step {saved['step']} (observed {saved['observed']}) of {steps}")
+        weights = load_tensors(work_dir / "model.safetensors")
+        opt_tensors = load_tensors(work_dir / "optimizer.safetensors")
+        for name, tensors in (("model.safetensors", weights), ("optimizer.safetensors", opt_tensors)):
+            if not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
+                raise damaged(f"{name} holds numbers that are not finite")
+        model.load_state_dict(weights)
         opt_meta = json.loads((work_dir / "optimizer.json").read_text(encoding="utf-8"))
-        optimizer.load_state_dict(_optimizer_from_tensors(load_tensors(work_dir / "optimizer.safetensors"),
-                                                          opt_meta))
+        optimizer.load_state_dict(_optimizer_from_tensors(opt_tensors, opt_meta))
         rng = load_tensors(work_dir / "rng.safetensors")
-        return _Progress(step=int(saved["step"]), observed=int(saved["observed"]), history=saved["history"],
+        now = torch.get_rng_state()
+        if "cpu" not in rng or rng["cpu"].dtype != now.dtype or rng["cpu"].shape != now.shape:
+            raise damaged("rng.safetensors holds no random-number state of this torch")
+        return _Progress(step=saved["step"], observed=saved["observed"], history=saved["history"],
                          running=saved["running"], evaluations=saved["evaluations"],
                          train_seconds=float(saved["train_seconds"]), rng=rng)
-    except (OSError, KeyError, ValueError, RuntimeError, CheckpointError) as err:
-        raise CheckpointError(
-            f"cannot resume from the interrupted run in {work_dir.name!r} ({err}); delete that "
-            "folder to train from the start") from err
+    except CheckpointError as err:
+        if str(err).startswith("cannot resume"):
+            raise
+        raise damaged(str(err)) from err
+    except (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError, RuntimeError) as err:
+        raise damaged(f"{type(err).__name__}: {err}") from err
 
 
 def _rng_state() -> dict[str, torch.Tensor]:
@@ -296,7 +400,7 @@ def _fit(model: nn.Module, batch: Callable[[int], dict[str, Any]],
     work_dir = Path(work_dir) if work_dir is not None else None
     state = None
     if work_dir is not None and (work_dir / TRAIN_STATE).is_file():
-        state = _load_state(work_dir, model, optimizer, meta)
+        state = _load_state(work_dir, model, optimizer, meta, config.steps)
     if state is None:
         state = _Progress()
     _set_rng_state(state.rng)
@@ -334,8 +438,10 @@ def _fit(model: nn.Module, batch: Callable[[int], dict[str, Any]],
             with accelerator.autocast():
                 value = loss(model, b)
             if not torch.isfinite(value):
+                resumed = (f" (the run resumed from {str(work_dir)!r} at step {start}: if that state is damaged, "
+                           "delete the folder)" if start else "")
                 raise FloatingPointError(f"{desc}: the loss became {value.item()} at step {step}; "
-                                         "lower the learning rate")
+                                         f"lower the learning rate{resumed}")
             accelerator.backward(value)
             logged = step + 1 == config.steps or (step + 1) % config.log_every == 0
             extra = log(accelerator.unwrap_model(model)) if log is not None and logged else {}

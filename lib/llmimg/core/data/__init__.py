@@ -18,6 +18,7 @@ from llmimg.core.data.captions import (
     parse_description,
     parse_prompt,
     prompt_matches,
+    read_prompt,
     reading_order,
     sample_prompt,
 )
@@ -40,5 +41,5 @@ from llmimg.core.data.world import (
 __all__ = ["ATTRIBUTES", "COLOURS", "COLOUR_NAMES", "HELDOUT_PAIRS", "POSITIONS", "SHAPES", "SIZES", "SPLITS",
            "ParseError", "PartialObject", "Sample", "Scene", "ShapeObject", "ShapesDataset", "ShapesWorld",
            "complete_prompt", "describe", "describe_in_prompt_order", "faithful", "format_prompt", "object_centre",
-           "parse_description", "parse_prompt", "prompt_matches", "reading_order", "render", "render_masks",
-           "sample_prompt", "scene_labels"]
+           "parse_description", "parse_prompt", "prompt_matches", "read_prompt", "reading_order", "render",
+           "render_masks", "sample_prompt", "scene_labels"]

@@ -148,6 +148,72 @@ def parse_prompt(text: str) -> tuple[PartialObject, ...]:
     return tuple(_parse_phrase(p.split(" "), n) for n, p in enumerate(phrases, start=1))
 
 
+def read_prompt(words: list[str]) -> tuple[PartialObject, ...]:
+    """Read typed words (lower case, punctuation gone) into the objects they state, more leniently than the grammar.
+
+    What people type is close to the grammar but not in it: "red circle top left", "a
+    circle and the blue square", "a red circle a blue square". Here an article may be
+    missing or "the"; a position may come without "in the" (or without "the"); phrases
+    may follow each other without "and". :func:`format_prompt` writes the result in the
+    grammar, where :func:`parse_prompt` reads it back; a prompt of the grammar comes
+    back unchanged. Anything else (no shape, a word out of place, an unknown position,
+    two objects in one cell) raises :class:`ParseError` saying what and where.
+    """
+    objects: list[PartialObject] = []
+    i, n = 0, len(words)
+
+    def position_at(j: int) -> tuple[str, int] | None:
+        for name, pw in _POSITION_WORDS.items():
+            if words[j:j + len(pw)] == pw:
+                return name, j + len(pw)
+        return None
+
+    while i < n:
+        if words[i] == "and":
+            if not objects or i + 1 == n:
+                raise ParseError(f"'and' {'before the first object' if not objects else 'at the end'}: "
+                                 "it joins two objects")
+            i += 1
+        start = i
+        if words[i] in ("a", "an", "the"):
+            i += 1
+        size = colour = None
+        if i < n and words[i] in SIZES:
+            size, i = words[i], i + 1
+        if i < n and words[i] in COLOUR_NAMES:
+            colour, i = words[i], i + 1
+        if i >= n or words[i] not in SHAPES:
+            said = " ".join(words[start:i + 1]) or "nothing"
+            what = ("it names no shape" if i >= n else
+                    f"{words[i]!r} is out of place" if words[i] in (*SIZES, *COLOUR_NAMES) else
+                    f"{words[i]!r} stands where its shape should")
+            raise ParseError(f"object {len(objects) + 1} ({said!r}): {what}; an object reads [size] [colour] shape "
+                             f"[in the position], the shapes are {', '.join(SHAPES)}")
+        shape, i = words[i], i + 1
+        position = None
+        if i < n and words[i] in ("in", "at"):
+            j = i + 1 + (i + 1 < n and words[i + 1] == "the")
+            found = position_at(j)
+            if found is None:
+                raise ParseError(f"object {len(objects) + 1} ({shape}): unknown position "
+                                 f"{' '.join(words[j:j + 2]) or 'nothing'!r} after {' '.join(words[i:j])!r}; "
+                                 f"the positions are {', '.join(POSITIONS)}")
+            position, i = found
+        elif i < n and (found := position_at(i + (words[i] == "the"))) is not None:
+            position, i = found
+        if position is not None and position in [o.position for o in objects]:
+            raise ParseError(f"two objects are in the {position}: each of the 9 cells holds one object")
+        objects.append(PartialObject(shape, colour, size, position))
+        if i < n and words[i] not in ("and", "a", "an", "the", *SIZES, *COLOUR_NAMES, *SHAPES):
+            raise ParseError(f"object {len(objects)} ({shape}): {' '.join(words[i:i + 3])!r} cannot follow it; "
+                             f"a position reads 'in the top left' (positions: {', '.join(POSITIONS)})")
+    if not objects:
+        raise ParseError("the prompt names no object")
+    if len(objects) > len(POSITIONS):
+        raise ParseError(f"the prompt names {len(objects)} objects; a scene holds at most {len(POSITIONS)}")
+    return tuple(objects)
+
+
 def parse_description(text: str) -> Scene:
     """Read a full description back into its exact scene; raises :class:`ParseError`.
 
