@@ -78,13 +78,17 @@ def test_save_load_round_trip_through_ours_and_open_clip(smoke_clip, tmp_path):
     assert torch.allclose(std, smoke_clip.encode_text(texts), atol=1e-6)
 
 
-def test_missing_and_damaged_checkpoints(smoke_clip, tmp_path):
+def test_missing_and_damaged_checkpoints(smoke_clip, tmp_path, saved_before_records):
     with pytest.raises(CheckpointError, match="does not exist.*llmimg train clip --force"):
         C.ShapesCLIP.from_pretrained(tmp_path / "nothing")
     path = smoke_clip.save_pretrained(tmp_path / "clip")
     weights = path / "open_clip_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match="not a loadable CLIP"):
+    with pytest.raises(CheckpointError, match=r"'clip' is damaged: open_clip_model.safetensors has 100 bytes.*"
+                                              "llmimg train clip --force"):
+        C.ShapesCLIP.from_pretrained(path)  # the manifest's record of the file
+    saved_before_records(path)
+    with pytest.raises(CheckpointError, match="not a loadable CLIP"):  # without a record, the loader finds it
         C.ShapesCLIP.from_pretrained(path)
     weights.unlink()
     with pytest.raises(CheckpointError, match="open_clip_model.safetensors missing"):

@@ -428,6 +428,10 @@ def test_argument_errors(gen):
         gen.generate([])
     with pytest.raises(TypeError):
         gen.generate("a red circle")
+    with pytest.raises(TypeError, match="generator must be a torch.Generator, a list of them .* got str"):
+        gen.generate(DESCRIPTIONS, generator="seed 0")
+    with pytest.raises(ValueError, match=f"got 1 generators for {len(DESCRIPTIONS)} descriptions"):
+        gen.generate(DESCRIPTIONS, generator=[torch.Generator()])
     with pytest.raises(ValueError, match="batch_size"):
         gen.generate(DESCRIPTIONS, batch_size=0)
     with pytest.raises(UnknownWordsError):

@@ -124,13 +124,16 @@ def test_load_finds_its_clip_in_the_cache(smoke_llm):
     assert again.clip.path == smoke_llm.clip.path
 
 
-def test_missing_and_damaged_checkpoints(smoke_llm, tmp_path):
+def test_missing_and_damaged_checkpoints(smoke_llm, tmp_path, saved_before_records):
     with pytest.raises(CheckpointError, match="does not exist.*llmimg train llm"):
         L.ShapesLLM.from_pretrained(tmp_path / "nothing", smoke_llm.clip)
     path = smoke_llm.save_pretrained(tmp_path / "llm")
     weights = path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:64])
-    with pytest.raises(CheckpointError, match="not a loadable LLM"):
+    with pytest.raises(CheckpointError, match=r"'llm' is damaged: model.safetensors has 64 bytes.*llmimg train llm"):
+        L.ShapesLLM.from_pretrained(path, smoke_llm.clip)  # the manifest's record of the file
+    saved_before_records(path)
+    with pytest.raises(CheckpointError, match="not a loadable LLM"):  # without a record, the loader finds it
         L.ShapesLLM.from_pretrained(path, smoke_llm.clip)
     (path / "prefix_mapper" / "config.json").unlink()
     with pytest.raises(CheckpointError, match="prefix_mapper/config.json missing"):
@@ -209,6 +212,40 @@ def test_upsampler_redraws_only_unfaithful_descriptions(smoke_llm, monkeypatch):
     assert len(calls) == 1  # greedy is deterministic: drawn once
     with pytest.raises(ValueError, match="max_tries"):
         smoke_llm.upsample_from(z, prompts, max_tries=0)
+
+
+def test_a_prompt_typed_loosely_is_judged_by_the_checker(smoke_llm, monkeypatch):
+    """ "A red circle, top-left!" is read as the grammar, so a faithful first draw is kept (not drawn 16 times)."""
+    seen = []
+
+    def fake_generate(z, task, *, context=None, seeds=None, draw=0, **kwargs):
+        seen.append(draw)
+        return ["a large red circle in the top left"] * len(z)
+
+    monkeypatch.setattr(smoke_llm, "generate", fake_generate)
+    written = smoke_llm.upsample(["A red circle, top-left!"], seed=0, details=True)
+    assert written.descriptions == ["a large red circle in the top left"]
+    assert written.draws == [1] and written.faithful == [True] and seen == [0]
+
+
+def test_the_result_says_when_no_draw_was_faithful(smoke_llm, monkeypatch):
+    monkeypatch.setattr(smoke_llm, "generate", lambda z, task, **kwargs: ["a large blue square in the center"] * len(z))
+    written = smoke_llm.upsample(["a red circle", "a square"], seed=0, max_tries=3, details=True)
+    assert written.draws == [3, 1] and written.faithful == [False, True] and not written.all_faithful
+    assert written.descriptions[0] == "a large blue square in the center"  # the last draw, to be looked at
+
+
+def test_a_prompt_outside_the_grammar_is_refused_before_drawing(smoke_llm, monkeypatch):
+    from llmimg.core.text import UngrammaticalPromptError
+
+    monkeypatch.setattr(smoke_llm, "generate", lambda *a, **k: pytest.fail("drew for a prompt no draw can match"))
+    with pytest.raises(UngrammaticalPromptError, match="names no shape"):
+        smoke_llm.upsample(["red"])
+    z = smoke_llm.clip.encode_text(["red circle"])
+    with pytest.raises(UngrammaticalPromptError, match="not in ShapesWorld's grammar"):
+        smoke_llm.upsample_from(z, ["red circle"])
+    with pytest.raises(TypeError, match="wrap a single prompt in a list"):
+        smoke_llm.upsample("a red circle")
 
 
 def test_upsampler_returns_descriptions_in_reading_order(smoke_llm, monkeypatch):

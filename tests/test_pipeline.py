@@ -17,7 +17,8 @@ from llmimg.core.data.world import COLOUR_NAMES, POSITIONS, SHAPES, SIZES
 from llmimg.stages.generator import SCHEDULERS
 from llmimg.pipelines.common import STAGES
 from llmimg.pipelines.shapes import DEFAULT_SCHEDULER, ShapesPipeline
-from llmimg.core.text import EmptyPromptError, PromptError, PromptTooLongError, UnknownWordsError
+from llmimg.core.text import (EmptyPromptError, PromptError, PromptTooLongError, UngrammaticalPromptError,
+                              UnknownWordsError)
 
 STEPS = 2  # enough to run every scheduler's multistep code; each call takes milliseconds at smoke
 
@@ -311,14 +312,68 @@ def test_bad_settings_raise_value_errors(pipe, kwargs, message):
         pipe("a red circle", **{"num_inference_steps": STEPS, **kwargs})
 
 
+@pytest.mark.parametrize("generator, error, message", [
+    (0, TypeError, "generator must be a torch.Generator, a list of them \\(one per prompt\\) or None, got int"),
+    ([seeded(0), "1"], TypeError, "got a list holding other things"),
+    ([seeded(0)], ValueError, "got 1 generators for 2 prompts"),
+])
+def test_a_wrong_generator_is_one_line_before_anything_runs(pipe, generator, error, message):
+    with pytest.raises(error, match=message):
+        draw(pipe, ["a red circle", "a square"], generator=generator)
+
+
 def test_no_prompts(pipe):
     with pytest.raises(ValueError, match="no prompts given"):
         draw(pipe, [])
 
 
 def test_a_prompt_at_the_context_limit_works(pipe):
-    prompt = " ".join(["red"] * 30)  # 30 words + <bos> + <eos> = the 32-token context
+    prompt = ("a small red circle in the top left and a large blue square in the top right and "
+              "a small green cross in the center and a small white triangle")
+    assert len(prompt.split()) == 30  # 30 words + <bos> + <eos> = the 32-token context
     assert draw(pipe, prompt, upsample=False).descriptions == [prompt]
+    typed = prompt.replace("a small white triangle", "small white triangle cross")  # 30 words as typed
+    with pytest.raises(PromptTooLongError, match="reads as 'a small red circle .* and a cross', 35 tokens"):
+        draw(pipe, typed)  # read as the grammar, "a" and "and a" make it 33 words
+
+
+# -- prompts as typed: read as the grammar, or refused with the reason (the upsampler's checker needs the grammar)
+@pytest.mark.parametrize("typed, read", [
+    ("A red circle, top-left!", "a red circle in the top left"),  # the README's example
+    ("red circle", "a red circle"),  # no article
+    ("the large square in top right", "a large square in the top right"),
+    ("a red circle a blue square", "a red circle and a blue square"),
+    ("an large circle", "a large circle"),
+    ("Ａ ｒｅｄ ｃｉｒｃｌｅ！", "a red circle"),  # fullwidth letters and punctuation
+    ("𝐚 𝐫𝐞𝐝 𝐜𝐢𝐫𝐜𝐥𝐞", "a red circle"),  # mathematical bold
+    ("a red circle…", "a red circle"),  # an ellipsis
+])
+def test_prompts_as_typed_are_read_as_the_grammar(pipe, typed, read):
+    assert pipe.check_inputs(typed, STEPS, 1.0) == [read]
+    assert parse_prompt(read)  # what the checker judges descriptions against
+
+
+@pytest.mark.parametrize("typed, reason", [
+    ("red", "names no shape"),
+    ("a red small circle", "'small' is out of place"),
+    ("a circle top", "'top' cannot follow it"),
+    ("a circle in the middle", "unknown position 'middle'"),
+    ("a circle in the top left and a square in the top left", "two objects are in the top left"),
+    ("circle and", "'and' at the end"),
+])
+def test_prompts_that_do_not_read_as_objects_are_refused_with_the_reason(pipe, typed, reason):
+    with pytest.raises(UngrammaticalPromptError, match=reason) as err:
+        draw(pipe, typed)
+    assert "\n" not in str(err.value) and "cannot be read as ShapesWorld objects" in str(err.value)
+
+
+def test_the_output_says_whether_each_description_is_faithful(pipe):
+    from llmimg.core.data import faithful
+
+    out = draw(pipe, ["a red circle", "a blue square in the center"])
+    assert out.faithful == [faithful(p, d) for p, d in zip(["a red circle", "a blue square in the center"],
+                                                           out.descriptions)]
+    assert draw(pipe, "a red circle", upsample=False).faithful is None  # nothing was written to check
 
 
 # -- random text ----------------------------------------------------------------------------
@@ -342,9 +397,11 @@ def test_any_text_is_accepted_or_refused_with_a_prompt_error(smoke_pipeline, tex
     except PromptError as err:
         assert str(err) and "\n" not in str(err)  # a one-line message a CLI can print
         return
-    # Accepted: it has words, all of them known, and it fits the context.
+    # Accepted: it has words, all of them known, it fits the context, and it is in the grammar, so that
+    # the upsampler's checker can judge what the LLM writes for it.
     ids = smoke_pipeline.tokenizer(checked)["input_ids"]
     assert checked and 2 < len(ids) <= CONTEXT_LENGTH and UNK_ID not in ids
+    assert parse_prompt(checked)
 
 
 @settings(max_examples=5, deadline=None)
@@ -383,10 +440,18 @@ def test_every_prompt_of_the_grammar_is_accepted_as_typed(smoke_pipeline, prompt
     assert smoke_pipeline.check_inputs(prompt, 1, 1.0) == [prompt]
 
 
-@settings(max_examples=50)
+@settings(max_examples=100)
 @given(text=st.lists(st.sampled_from(WORDS), min_size=1, max_size=30).map(" ".join))
-def test_any_vocabulary_words_that_fit_the_context_are_accepted(smoke_pipeline, text):
-    assert smoke_pipeline.check_inputs(text, 1, 1.0) == [text]
+def test_vocabulary_words_are_read_as_the_grammar_or_refused_with_the_reason(smoke_pipeline, text):
+    try:
+        (checked,) = smoke_pipeline.check_inputs(text, 1, 1.0)
+    except (UngrammaticalPromptError, PromptTooLongError) as err:
+        assert "\n" not in str(err)
+        return
+    objects = parse_prompt(checked)
+    # Nothing is made up: the objects read are the words' own shapes, colours and sizes, in order.
+    assert [o.shape for o in objects] == [w for w in text.split() if w in SHAPES]
+    assert [o.colour for o in objects if o.colour] == [w for w in text.split() if w in COLOUR_NAMES]
 
 
 @settings(max_examples=5)

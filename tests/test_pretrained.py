@@ -102,6 +102,7 @@ def test_clip_keeps_the_candidate_nearest_the_prompt(pipe):
     ({"prompt": ""}, EmptyPromptError), ({"prompt": []}, ValueError), ({"prompt": [1]}, TypeError),
     ({"num_inference_steps": 0}, ValueError), ({"guidance_scale": -1.0}, ValueError),
     ({"output_type": "latent"}, ValueError), ({"generator": [torch.Generator()]}, ValueError),
+    ({"generator": 42}, TypeError),
 ])
 def test_bad_arguments_are_refused_with_a_reason(pipe, bad, error):
     kwargs = {"prompt": PROMPTS, **bad}
@@ -217,3 +218,23 @@ def test_the_defaults_name_real_models_at_pinned_revisions():
     assert sd15.llm == "openai-community/gpt2" and sd15.guidance_scale > 1 and sd15.num_candidates == 2
     with pytest.raises(ValueError, match="qwen2.5-0.5b"):
         PretrainedConfig.preset(llm="llama")
+
+
+def test_rebuilding_the_tiny_models_keeps_the_users_files(tmp_path):
+    """The tiny models are saved as the stages are: only their own files are replaced, nothing else is removed."""
+    folder = tmp_path / "tiny"
+    pretrained.tiny_components(folder)
+    (folder / "llm" / "README.md").write_text("my notes on this model")
+    (folder / "generator" / "samples").mkdir()
+    (folder / "notes.txt").write_text("mine")
+    config = pretrained.tiny_components(folder, seed=1)
+    assert (folder / "llm" / "README.md").read_text() == "my notes on this model"
+    assert (folder / "generator" / "samples").is_dir() and (folder / "notes.txt").read_text() == "mine"
+    assert load_writer(config.llm, device="cpu").write(["a cat"], 1, seeds=[0], max_new_tokens=2)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(ValueError, match="not empty and holds no saved language model.*nothing was written"):
+        pretrained.tiny_writer(mine)
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "tiny"]  # no staging folder left

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from llmimg.core.store import CheckpointError
 from llmimg.stages import llm as L
 from llmimg.pipelines.shapes import ShapesPipeline
 from llmimg.core.text import BOS_ID, EOS_ID, encode
@@ -39,11 +40,13 @@ def run_fresh(code: str, tmp_path: Path) -> str:
 
 
 def contents(folder: Path) -> dict[str, object]:
-    """Every file's bytes; JSON files parsed, less ``_name_or_path`` (diffusers records where each part was loaded from)."""
+    """Every file's bytes; JSON files parsed, less ``_name_or_path`` (diffusers records where each part was loaded from)
+    and the manifest's checksums of those files (which differ with it)."""
     out: dict[str, object] = {}
     for p in sorted(folder.rglob("*")):
         if p.suffix == ".json":
-            out[str(p.relative_to(folder))] = {k: v for k, v in json.loads(p.read_text()).items() if k != "_name_or_path"}
+            out[str(p.relative_to(folder))] = {k: v for k, v in json.loads(p.read_text()).items()
+                                               if k != "_name_or_path" and (p.name, k) != ("llmimg.json", "files")}
         elif p.is_file():
             out[str(p.relative_to(folder))] = p.read_bytes()
     return out
@@ -90,6 +93,9 @@ def test_shapes_pipeline_loads_without_running_the_folders_code(saved, tmp_path)
     copy = shutil.copytree(saved, tmp_path / "copy")
     module = json.loads((copy / "model_index.json").read_text())["_class_name"][0]
     (copy / f"{module}.py").write_text("raise RuntimeError('ran the folder code')\n")
+    with pytest.raises(CheckpointError, match=f"{module}.py has .* bytes, not the"):  # not the file that was saved
+        ShapesPipeline.from_pretrained(copy)
+    (copy / "llmimg.json").unlink()  # as saved before the record: the changed file is not run either
     assert type(ShapesPipeline.from_pretrained(copy)) is ShapesPipeline
 
 
@@ -100,6 +106,7 @@ def test_save_load_save_round_trips(saved, tmp_path):
 
 def test_folders_saved_before_the_code_file_still_load(saved, tmp_path):
     old = shutil.copytree(saved, tmp_path / "old")
+    (old / "llmimg.json").unlink()  # which those folders did not have either
     index = json.loads((old / "model_index.json").read_text())
     (old / f"{index['_class_name'][0]}.py").unlink()
     index["_class_name"] = "ShapesPipeline"

@@ -52,12 +52,16 @@ class PipelineOutput(BaseOutput):
     ``images``: PIL images (``"pil"``), a ``(B, H, W, 3)`` float array in [0, 1] (``"np"``)
     or a ``(B, 3, H, W)`` tensor (``"pt"``); ``descriptions``: the texts the generator drew
     (the LLM's, or the prompts themselves with ``upsample=False``); ``timings``:
-    milliseconds per stage (:data:`STAGES`) and ``total``, for the whole batch.
+    milliseconds per stage (:data:`STAGES`) and ``total``, for the whole batch;
+    ``faithful``: whether each description keeps everything its prompt states (the tiny
+    pipeline's checker; False when no draw of the LLM did, and the image draws its last
+    draw), or None where nothing checked it (``upsample=False``, the pretrained pipeline).
     """
 
     images: Any
     descriptions: list[str]
     timings: dict[str, float]
+    faithful: list[bool] | None = None
 
 
 __all__ = ["PipelineOutput", "STAGES", "StageTimer"]

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,16 +44,18 @@ from llmimg.core.checks import check_outputs, check_sampling, prompt_list
 from llmimg.core.config import Profile, get_profile
 from llmimg.core.data import ShapesWorld
 from llmimg.core.evaluation import shapes_eval, standard_error
-from llmimg.core.store import CheckpointError, quiet_libraries
-from llmimg.core.text import CONTEXT_LENGTH, check_prompt
+from llmimg.core.folders import first_line, save_into
+from llmimg.core.store import MANIFEST, CheckpointError, Manifest, quiet_libraries, read_manifest, write_manifest
+from llmimg.core.text import CONTEXT_LENGTH, normalise_prompt
 from llmimg.pipelines.common import STAGES, PipelineOutput, StageTimer
+from llmimg.pipelines.saved import COMPONENTS, check_components, check_index
 from llmimg.stages import clip as clip_stage
 from llmimg.stages import generator as gen_stage
 from llmimg.stages import llm as llm_stage
 
+FORMAT = 1  # the layout of a saved pipeline folder (its llmimg.json's "format")
 DEFAULT_STEPS = 10  # the fast setting: DPM-Solver++ at 10 steps (``make bench`` compares it with DDPM at 1000)
 DEFAULT_SCHEDULER = "dpm++"
-COMPONENTS = ("clip", "tokenizer", "llm", "prefix_mapper", "unet", "scheduler")
 RETRAIN = "save it again with ShapesPipeline.save_pretrained, or rebuild it with llmimg.pipelines.shapes.get()"
 # The hub's convention for a custom pipeline: model_index.json names [module, class] and the
 # module's file lies in the folder, so DiffusionPipeline.from_pretrained can import the class.
@@ -203,34 +203,29 @@ class ShapesPipeline(DiffusionPipeline):
 
     # -- saving and loading -----------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
-        """diffusers' ``save_pretrained`` plus :data:`CODE_FILE`; replaces only the pipeline's own entries.
+        """diffusers' ``save_pretrained`` plus :data:`CODE_FILE` and ``llmimg.json``; replaces only the pipeline's entries.
 
-        Everything is written into a temporary folder first and then moved into
-        ``save_directory`` entry by entry (``model_index.json`` last), so a crash leaves
-        no half-written component and files of the user's beside the pipeline are kept. A
-        folder that is not empty and holds no saved pipeline is refused, with nothing
-        written. ``model_index.json`` names the class as ``[CODE_MODULE, "ShapesPipeline"]``
-        so that diffusers' generic loader finds it.
+        Into a new or empty folder directly; into a folder holding a saved pipeline
+        through a temporary folder beside it whose entries replace their namesakes one by
+        one (``llmimg.json`` and ``model_index.json`` last), so a crash leaves no folder
+        that looks complete and files of the user's beside the pipeline are kept
+        (:func:`~llmimg.core.folders.save_into`). A folder that is not empty and holds no
+        saved pipeline is refused, with nothing written. ``model_index.json`` names the
+        class as ``[CODE_MODULE, "ShapesPipeline"]`` so that diffusers' generic loader
+        finds it; ``llmimg.json`` records the size and SHA-256 of every file written,
+        which :meth:`from_pretrained` checks.
         """
-        target = Path(save_directory)
-        if target.exists() and not target.is_dir():
-            raise ValueError(f"{str(target)!r} is a file, not a folder: save the pipeline into a folder")
-        if target.is_dir() and any(target.iterdir()) and not (target / "model_index.json").is_file():
-            raise ValueError(f"the folder {str(target)!r} is not empty and holds no saved pipeline: save into a new "
-                             "or empty folder (nothing was written)")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".saving", dir=target.parent))
-        try:
+        def write(folder: Path) -> None:
             with quiet_libraries():
-                super().save_pretrained(staging, safe_serialization=True, **kwargs)
-            (staging / CODE_FILE).write_text(CODE, encoding="utf-8")
-            index_file = staging / "model_index.json"
+                super(ShapesPipeline, self).save_pretrained(folder, safe_serialization=True, **kwargs)
+            (folder / CODE_FILE).write_text(CODE, encoding="utf-8")
+            index_file = folder / "model_index.json"
             index = json.loads(index_file.read_text(encoding="utf-8"))
             index["_class_name"] = [CODE_MODULE, "ShapesPipeline"]
             index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            _move_entries(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            write_manifest(folder, Manifest("pipeline", FORMAT, dict(self.config.stage_configs)))
+
+        save_into(save_directory, write, markers=(MANIFEST, "model_index.json"), what="pipeline")
 
     @classmethod
     def load_config(cls, *args: Any, **kwargs: Any) -> Any:
@@ -247,27 +242,43 @@ class ShapesPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> ShapesPipeline:
-        """Load a folder written by :meth:`save_pretrained` (never from the hub); damage raises CheckpointError."""
+        """Load a folder written by :meth:`save_pretrained` (never from the hub, safetensors only).
+
+        The files are checked against the sizes and checksums ``llmimg.json`` recorded (a
+        folder saved before the record existed has none), and every component's config
+        against the stage configs it was trained with, before anything draws: damage of
+        any kind raises :class:`~llmimg.core.store.CheckpointError` naming the folder.
+        """
         path = Path(pretrained_model_name_or_path)
         if not (path / "model_index.json").is_file():
             what = "does not exist" if not path.exists() else "has no model_index.json"
             raise CheckpointError(f"the pipeline folder {path.name!r} {what}; {RETRAIN}")
+        if (path / MANIFEST).is_file():
+            read_manifest(path, "pipeline", RETRAIN)
+        check_index(path, RETRAIN)
         try:
             with quiet_libraries():  # six small components load in milliseconds: no bars needed
-                pipe = super().from_pretrained(path, local_files_only=True, **kwargs)
+                pipe = super().from_pretrained(path, local_files_only=True, use_safetensors=True, **kwargs)
             pipe._stages()  # damaged stage configs fail here, not at the first call
         except Exception as err:  # JSON, safetensors and shape errors all mean a damaged folder
             raise CheckpointError(f"the pipeline folder {path.name!r} is damaged ({type(err).__name__}: "
-                                  f"{str(err).splitlines()[0] if str(err) else ''}); {RETRAIN}") from err
+                                  f"{first_line(err)}); {RETRAIN}") from err
+        check_components(pipe, path, RETRAIN)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
     # -- generation -------------------------------------------------------------------
     def check_inputs(self, prompt: str | list[str], num_inference_steps: int, guidance_scale: float) -> list[str]:
-        """The prompts as a checked list; bad values raise ValueError (prompts: :class:`~.core.text.PromptError`)."""
+        """The prompts as a checked list, each in ShapesWorld's grammar; bad values raise ValueError.
+
+        Prompts go through :func:`~llmimg.core.text.normalise_prompt`: what cannot be
+        read as ShapesWorld's objects raises a :class:`~llmimg.core.text.PromptError`
+        saying why, the rest comes back in the grammar ("A red circle, top-left!" is
+        "a red circle in the top left").
+        """
         prompts = prompt_list(prompt)
         check_sampling(num_inference_steps, guidance_scale, self.scheduler.config.num_train_timesteps)
-        return [check_prompt(self.tokenizer, p) for p in prompts]
+        return [normalise_prompt(self.tokenizer, p) for p in prompts]
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], num_inference_steps: int = DEFAULT_STEPS,
@@ -281,7 +292,9 @@ class ShapesPipeline(DiffusionPipeline):
         ``upsample=True`` lets the LLM write a full description of each prompt (sampled
         with ``temperature`` and redrawn when it contradicts the prompt, or greedy with
         ``do_sample=False``; see :meth:`llmimg.stages.llm.ShapesLLM.upsample_from`) and draws
-        that; ``upsample=False`` draws the prompt itself. ``guidance_scale`` (None: the
+        that; the output's ``faithful`` says, per prompt, whether a draw kept everything
+        the prompt states (when none did, the last is drawn). ``upsample=False`` draws
+        the prompt itself. ``guidance_scale`` (None: the
         generator's trained default) turns on classifier-free guidance above 1, on the
         first ``guidance_end`` share of the steps (1: all of them).
 
@@ -289,8 +302,9 @@ class ShapesPipeline(DiffusionPipeline):
         diffusers; None: fresh randomness). Each prompt's LLM seed is read from it without
         advancing it, so the noise is the same with the LLM on or off, and a prompt's
         description depends on its own seed only, never on the rest of its batch.
-        Prompts are checked first: empty, too long or with words outside the vocabulary
-        raise :class:`~llmimg.core.text.PromptError` naming the problem.
+        Prompts are checked first (:meth:`check_inputs`): empty, too long, with words
+        outside the vocabulary or not readable as objects, they raise
+        :class:`~llmimg.core.text.PromptError` naming the problem.
         """
         views = self._stages()
         gen, writer = views.image_generator, views.writer
@@ -303,7 +317,7 @@ class ShapesPipeline(DiffusionPipeline):
         if generator is None:
             generator = torch.Generator().manual_seed(seeding.fresh_seed())
         llm_seeds = seeding.peek_seeds(generator, len(prompts))
-        descriptions = prompts
+        descriptions, faithful = prompts, None
         if upsample:
             # 3. Encode the prompts: CLIP's pooled text embedding, the LLM's prefix.
             with timer.stage("clip_encode"):
@@ -311,9 +325,11 @@ class ShapesPipeline(DiffusionPipeline):
             # 4. Write: the LLM's description of each prompt, checked against it.
             with timer.stage("llm_generate"):
                 written = writer.upsample_from(z, prompts, seeds=llm_seeds, do_sample=do_sample,
-                                               temperature=temperature, max_new_tokens=CONTEXT_LENGTH - 2)
+                                               temperature=temperature, max_new_tokens=CONTEXT_LENGTH - 2,
+                                               details=True)
             # An empty output would mean "no condition" to the generator: keep the prompt instead.
-            descriptions = [d or p for d, p in zip(written, prompts)]
+            descriptions = [d or p for d, p in zip(written.descriptions, prompts)]
+            faithful = written.faithful
         # 5. Encode the descriptions: CLIP's token states, and the unconditional text's.
         with timer.stage("clip_encode"):
             cache = self.sampling.text_state_cache
@@ -341,23 +357,7 @@ class ShapesPipeline(DiffusionPipeline):
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, descriptions, timer.result()
-        return PipelineOutput(images=images, descriptions=descriptions, timings=timer.result())
-
-
-def _move_entries(source: Path, target: Path) -> None:
-    """Move every entry of ``source`` into ``target``, replacing same-named ones; ``model_index.json`` last."""
-    target.mkdir(parents=True, exist_ok=True)
-    entries = sorted(source.iterdir(), key=lambda p: p.name == "model_index.json")
-    old = source / ".replaced"  # what the new entries replace, removed at the end
-    try:
-        for entry in entries:
-            destination = target / entry.name
-            if destination.is_dir() and not destination.is_symlink():
-                old.mkdir(exist_ok=True)
-                os.replace(destination, old / entry.name)
-            os.replace(entry, destination)
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
+        return PipelineOutput(images=images, descriptions=descriptions, timings=timer.result(), faithful=faithful)
 
 
 def get(profile: str | Profile | None = None, *, progress: bool = True, scheduler: str = DEFAULT_SCHEDULER,
@@ -402,5 +402,5 @@ def evaluate(pipe: ShapesPipeline, n: int = 500, *, seed: int = 0, num_inference
             "seconds": time.perf_counter() - t0}
 
 
-__all__ = ["CODE_FILE", "COMPONENTS", "DEFAULT_SCHEDULER", "DEFAULT_STEPS", "STAGES", "ClipModel", "PipelineOutput",
+__all__ = ["CODE_FILE", "COMPONENTS", "DEFAULT_SCHEDULER", "DEFAULT_STEPS", "FORMAT", "STAGES", "ClipModel", "PipelineOutput",
            "ShapesPipeline", "evaluate", "get"]

@@ -130,7 +130,7 @@ def transfer_curve(kind: str, profile: str | Profile | None = None, *, progress:
         write_manifest(out, Manifest(STAGE, FORMAT, run, upstream={"llm": llm.path.name}, curve=curve))
 
     folder = cached(cache_key(STAGE, FORMAT, identity, {"llm": llm.path.name}), build, profile=profile)
-    curve = read_manifest(folder, STAGE).curve
+    curve = read_manifest(folder, STAGE, "delete that folder and run again: the run is trained anew").curve
     return [{**p, "n": n_eval, "all_correct_se": standard_error(p["all_correct"], n_eval)} for p in curve]
 
 

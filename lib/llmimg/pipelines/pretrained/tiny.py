@@ -25,7 +25,8 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from llmimg.core import seeding
-from llmimg.core.store import atomic_directory, quiet_libraries, save_tensors
+from llmimg.core.folders import save_into
+from llmimg.core.store import quiet_libraries, save_tensors
 from llmimg.pipelines.pretrained.models import PretrainedConfig
 from llmimg.pipelines.pretrained.pipeline import PretrainedPipeline, load
 
@@ -67,6 +68,9 @@ def _llm_tokenizer(chat: bool) -> PreTrainedTokenizerFast:
 def tiny_writer(folder: str | os.PathLike, kind: str = "chat", seed: int = 0) -> Path:
     """Save a tiny random LLM of ``kind`` with its tokenizer into ``folder``; returns the folder.
 
+    ``folder`` must be new, empty, or hold such a model already (its files are replaced,
+    the user's other files kept).
+
     ``"chat"``: a Qwen2 causal LM with a chat template (as Qwen2.5-Instruct); ``"plain"``:
     a GPT-2 without one (as gpt2); ``"seq2seq"``: a T5 (as t5-base).
     """
@@ -90,7 +94,8 @@ def tiny_writer(folder: str | os.PathLike, kind: str = "chat", seed: int = 0) ->
             model = T5ForConditionalGeneration(T5Config(vocab_size=vocab, d_model=32, d_ff=64, d_kv=16, num_layers=2,
                                                         num_heads=2, eos_token_id=eos, pad_token_id=pad,
                                                         decoder_start_token_id=pad))
-    return _save(folder, lambda out: (model.save_pretrained(out), tokenizer.save_pretrained(out)))
+    return _save(folder, lambda out: (model.save_pretrained(out), tokenizer.save_pretrained(out)), "config.json",
+                 "language model")
 
 
 def _tiny_clip(folder: Path, seed: int) -> Path:
@@ -100,11 +105,11 @@ def _tiny_clip(folder: Path, seed: int) -> Path:
         model = open_clip.CLIP(**CLIP_CONFIG)
 
     def write(out: Path) -> None:
+        save_tensors(model.state_dict(), out / "open_clip_model.safetensors")
         (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": CLIP_CONFIG, "preprocess_cfg": {}},
                                                               indent=1))
-        save_tensors(model.state_dict(), out / "open_clip_model.safetensors")
 
-    return _save(folder, write)
+    return _save(folder, write, "open_clip_config.json", "CLIP")
 
 
 def _tiny_generator(folder: Path, seed: int) -> Path:
@@ -136,21 +141,25 @@ def _tiny_generator(folder: Path, seed: int) -> Path:
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    return _save(folder, pipe.save_pretrained)
+    return _save(folder, pipe.save_pretrained, "model_index.json", "image generator")
 
 
-def _save(folder: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """Write a model folder through a temporary one, so an interrupted build leaves no half folder."""
-    with atomic_directory(folder) as tmp:
-        write(tmp)
-    return Path(folder)
+def _save(folder: str | os.PathLike, write: Callable[[Path], object], marker: str, what: str) -> Path:
+    """Write a model folder as the stages' saves do (:func:`~llmimg.core.folders.save_into`).
+
+    A new or empty ``folder`` is written directly; one holding such a model before (its
+    ``marker`` file) gets the new files in place of the old ones, the user's other files
+    kept; any other non-empty folder is refused, with nothing written.
+    """
+    return save_into(folder, write, markers=(marker,), what=what)
 
 
 def tiny_components(folder: str | os.PathLike, seed: int = 0) -> PretrainedConfig:
     """Build the three tiny random models, save them under ``folder`` and return the config that names them.
 
     ``folder`` gets ``clip/``, ``llm/`` (the ``"chat"`` kind of :func:`tiny_writer`) and
-    ``generator/``; folders already there are replaced. The config draws in 2 steps.
+    ``generator/``; models saved there before are replaced, and nothing else of the
+    folder is touched. The config draws in 2 steps.
     """
     folder = Path(folder)
     with quiet_libraries():

@@ -117,7 +117,7 @@ def load(folder: str | Path, begin: Start) -> RegimeRun:
 
     folder = Path(folder)
     retrain = "retrain it with llmimg train joint --regime REGIME --force"
-    manifest = read_manifest(folder, STAGE)
+    manifest = read_manifest(folder, STAGE, retrain)
     try:
         config = JointConfig.from_dict(manifest.config)
         model = JointModel(config, begin)

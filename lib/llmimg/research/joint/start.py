@@ -67,9 +67,9 @@ def start(profile: str | Profile | None = None, *, progress: bool = True) -> Sta
                                      history=result.history, seconds=result.seconds, curve=result.evaluations))
 
     folder = cached(start_key(profile, llm), build, profile=profile)
-    read_manifest(folder, START_STAGE)
+    read_manifest(folder, START_STAGE, "delete that folder and run again: the starting generator is trained anew")
     with quiet_libraries():
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=True)
     return Start(llm, unet, config, folder)
 
 

@@ -52,7 +52,11 @@ def zero_shot(clip: ShapesCLIP, n: int = 500, split: str = "val", seed: int = 0)
     return accuracy
 
 
-def retrieval(clip: ShapesCLIP, n: int = 1000, candidates: int = 100, split: str = "val",
+CANDIDATES = 100  # retrieval ranks each query among this many (image, description) pairs
+MIN_EVAL_N = CANDIDATES  # the fewest examples `evaluate` can score (`llmimg eval clip --n` is checked against it)
+
+
+def retrieval(clip: ShapesCLIP, n: int = 1000, candidates: int = CANDIDATES, split: str = "val",
               seed: int = 0) -> dict[str, float]:
     """Top-1 retrieval among ``candidates`` (image, description) pairs, averaged over ``n // candidates`` groups.
 
@@ -85,7 +89,10 @@ def binding_accuracy(clip: ShapesCLIP, n: int = 500, split: str = "val", seed: i
 
 
 def evaluate(clip: ShapesCLIP, n: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """The CLIP metrics of ``llmimg eval clip``: retrieval on val and heldout, zero-shot accuracy."""
+    """The CLIP metrics of ``llmimg eval clip``: retrieval on val and heldout, zero-shot accuracy (``n`` at least 100)."""
+    if n < MIN_EVAL_N:
+        raise ValueError(f"CLIP is scored on at least {MIN_EVAL_N} examples (retrieval ranks among {CANDIDATES}), "
+                         f"got n = {n}")
     val = retrieval(clip, n=n, seed=seed)
     heldout = retrieval(clip, n=n, split="heldout", seed=seed)
     per_attribute = zero_shot(clip, n=max(100, n // 2), seed=seed)
@@ -99,5 +106,5 @@ def evaluate(clip: ShapesCLIP, n: int = 1000, seed: int = 0) -> dict[str, Any]:
     }
 
 
-__all__ = ["HEADLINE", "ZERO_SHOT_TEMPLATES", "binding_accuracy", "evaluate", "retrieval", "zero_shot",
+__all__ = ["CANDIDATES", "HEADLINE", "MIN_EVAL_N", "ZERO_SHOT_TEMPLATES", "binding_accuracy", "evaluate", "retrieval", "zero_shot",
            "zero_shot_texts"]

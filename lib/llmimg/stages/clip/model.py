@@ -27,9 +27,11 @@ import numpy as np
 import torch
 
 from llmimg.core import seeding
-from llmimg.core.store import (CheckpointError, Manifest, quiet_libraries, read_manifest, require_folder, save_tensors,
-                               write_manifest)
-from llmimg.core.text import encode, train_tokenizer
+from llmimg.core.folders import first_line
+from llmimg.core.loading import check_config, check_finite
+from llmimg.core.store import (CheckpointError, Manifest, quiet_libraries, read_manifest, require_folder, save_model,
+                               save_tensors)
+from llmimg.core.text import check_tokenizer, encode, train_tokenizer
 from llmimg.stages.clip.config import CONFIG_DIR, FORMAT, RETRAIN, STAGE, ClipConfig, default_config, model_config
 
 IMAGE_MEAN = (0.5, 0.5, 0.5)  # maps [0, 1] pixels to [-1, 1]
@@ -154,35 +156,53 @@ class ShapesCLIP:
         return out["text_intermediates"][-1], enc["attention_mask"].to(self.device)
 
     def save_pretrained(self, path: str | Path) -> Path:
-        """Write the model as an open_clip ``local-dir`` folder with its tokenizer, ``llmimg.json`` last."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        cfg = {"model_cfg": model_config(self.config.model_name),
-               "preprocess_cfg": {"mean": list(IMAGE_MEAN), "std": list(IMAGE_STD),
-                                  "size": model_config(self.config.model_name)["vision_cfg"]["image_size"]}}
-        (path / "open_clip_config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
-        save_tensors(self.model.state_dict(), path / "open_clip_model.safetensors")
-        with quiet_libraries():
-            self.tokenizer.save_pretrained(path)
-        write_manifest(path, self.manifest)
-        return path
+        """Write the model as an open_clip ``local-dir`` folder with its tokenizer, ``llmimg.json`` last.
+
+        Into a new or empty folder, or over a CLIP saved before (the user's other files
+        there stay); any other non-empty folder is refused, with nothing written.
+        """
+        def write(out: Path) -> None:
+            (out / "open_clip_config.json").write_text(json.dumps(self._open_clip_config(), indent=2),
+                                                       encoding="utf-8")
+            save_tensors(self.model.state_dict(), out / "open_clip_model.safetensors")
+            with quiet_libraries():
+                self.tokenizer.save_pretrained(out)
+
+        return save_model(path, write, self.manifest, "CLIP")
+
+    def _open_clip_config(self) -> dict[str, Any]:
+        """``open_clip_config.json``: the model config it was built from and how images are prepared."""
+        cfg = model_config(self.config.model_name)
+        return {"model_cfg": cfg, "preprocess_cfg": {"mean": list(IMAGE_MEAN), "std": list(IMAGE_STD),
+                                                     "size": cfg["vision_cfg"]["image_size"]}}
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> ShapesCLIP:
-        """Load a CLIP saved by :meth:`save_pretrained` (missing or damaged files: :class:`CheckpointError`)."""
+        """Load a CLIP saved by :meth:`save_pretrained`; anything missing, damaged or unlike its config is a
+        :class:`CheckpointError` saying how to make it again."""
         import open_clip
         from transformers import AutoTokenizer
 
+        fix = f"retrain it with `{RETRAIN}`"
         path = require_folder(path, FILES, "a CLIP checkpoint", RETRAIN)
-        manifest = read_manifest(path, STAGE)
+        manifest = read_manifest(path, STAGE, fix)
         try:
             config = ClipConfig.from_dict(manifest.config)
+            expected = {"model_cfg": model_config(config.model_name)}
+        except ValueError as err:
+            raise CheckpointError(f"the config in {path.name!r} is damaged ({err}); {fix}") from None
+        check_config(path, "open_clip_config.json", expected, fix)
+        try:
             with _quiet_open_clip(), quiet_libraries():
                 model = open_clip.create_model(f"local-dir:{path}", device="cpu")
                 tokenizer = AutoTokenizer.from_pretrained(path)
         except Exception as err:  # safetensors, JSON and state-dict errors all mean a damaged folder
-            raise CheckpointError(f"{path.name!r} is not a loadable CLIP checkpoint ({err}); retrain it with "
-                                  f"`{RETRAIN}`") from err
+            raise CheckpointError(f"{path.name!r} is not a loadable CLIP checkpoint ({first_line(err)}); "
+                                  f"{fix}") from err
+        problem = check_tokenizer(tokenizer)
+        if problem:
+            raise CheckpointError(f"the tokenizer in {path.name!r} is damaged: {problem}; {fix}")
+        check_finite(model, path, fix)
         return cls(model, tokenizer, config, path=path, manifest=manifest)
 
 

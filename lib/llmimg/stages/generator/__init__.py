@@ -20,7 +20,8 @@ from llmimg.stages.generator.train import (Bank, diffusion_loss, encode_texts, m
                                            make_loss_fn, train)
 from llmimg.stages.generator.unet import (SCHEDULERS, build_scheduler, build_unet, clean_estimate,
                                           coordinate_channels, guided_output, make_scheduler, pooled_text,
-                                          to_images, to_latents, unet_inputs, unet_output)
+                                          scheduler_config, to_images, to_latents, unet_config, unet_inputs,
+                                          unet_output)
 
 Config = GeneratorConfig
 
@@ -53,5 +54,5 @@ __all__ = ["Bank", "Config", "DeepCache", "FORMAT", "GeneratorConfig", "HEADLINE
            "SCHEDULERS", "STAGE", "SamplingOptions", "ShapesGenerator", "TextEncoder", "Trajectory", "build_scheduler",
            "build_unet", "clean_estimate", "coordinate_channels", "default_config", "diffusion_loss", "encode_texts",
            "encoder_upstream", "eval_samples", "evaluate", "get", "guided_output", "key", "make_bank", "make_batch_fn",
-           "make_loss_fn", "make_scheduler", "pooled_text", "to_images", "to_latents", "train", "unet_inputs",
-           "unet_output"]
+           "make_loss_fn", "make_scheduler", "pooled_text", "scheduler_config", "to_images", "to_latents", "train",
+           "unet_config", "unet_inputs", "unet_output"]

@@ -26,14 +26,16 @@ import numpy as np
 import torch
 
 from llmimg.core import seeding
-from llmimg.core.checks import check_sampling
-from llmimg.core.store import (CheckpointError, Manifest, quiet_libraries, read_manifest, require_folder,
-                               write_manifest)
+from llmimg.core.checks import check_generator, check_sampling
+from llmimg.core.folders import first_line
+from llmimg.core.loading import check_config, check_finite
+from llmimg.core.store import CheckpointError, Manifest, quiet_libraries, read_manifest, require_folder, save_model
 from llmimg.stages.generator.config import FORMAT, RETRAIN, STAGE, GeneratorConfig
-from llmimg.stages.generator.unet import (SCHEDULERS, clean_estimate, guided_output, make_scheduler, to_images,
-                                          unet_inputs, unet_output)
+from llmimg.stages.generator.unet import (SCHEDULERS, clean_estimate, guided_output, make_scheduler, scheduler_config,
+                                          to_images, unet_config, unet_inputs, unet_output)
 
 UNET_DIR, SCHEDULER_DIR = "unet", "scheduler"
+TEXT_WIDTH_KEYS = ("cross_attention_dim", "projection_class_embeddings_input_dim")  # set by the text encoder
 REQUIRED_FILES = [f"{UNET_DIR}/config.json", f"{UNET_DIR}/diffusion_pytorch_model.safetensors",
                   f"{SCHEDULER_DIR}/scheduler_config.json"]
 
@@ -186,39 +188,50 @@ class ShapesGenerator:
 
     # -- saving and loading -------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> Path:
-        """Save as a generator folder: ``unet/``, ``scheduler/`` and ``llmimg.json`` last."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        with quiet_libraries():
-            self.unet.save_pretrained(path / UNET_DIR, safe_serialization=True)
-            self.scheduler.save_pretrained(path / SCHEDULER_DIR)
-        write_manifest(path, self.manifest)
-        return path
+        """Save as a generator folder: ``unet/``, ``scheduler/`` and ``llmimg.json`` last.
+
+        Into a new or empty folder, or over a generator saved before (the user's other
+        files there stay); any other non-empty folder is refused, with nothing written.
+        """
+        def write(out: Path) -> None:
+            with quiet_libraries():
+                self.unet.save_pretrained(out / UNET_DIR, safe_serialization=True)
+                self.scheduler.save_pretrained(out / SCHEDULER_DIR)
+
+        return save_model(path, write, self.manifest, "generator")
 
     @classmethod
     def from_pretrained(cls, path: str | Path, text_encoder: TextEncoder, stage: str = STAGE) -> ShapesGenerator:
         """Load a generator folder written by :meth:`save_pretrained` (``stage``: ``"distilled"`` for a student).
 
-        A missing folder, missing files, or a damaged manifest or weights file raise
-        :class:`~llmimg.core.store.CheckpointError` saying what is wrong and how to fix it.
+        A missing folder, missing files, a damaged manifest or weights file, or a UNet or
+        scheduler config unlike the one the model was trained with (diffusers would fill
+        a missing key with its default) raise :class:`~llmimg.core.store.CheckpointError`
+        saying what is wrong and how to fix it. Weights are read from safetensors only.
         """
         from diffusers import DDPMScheduler, UNet2DConditionModel
-        from safetensors import SafetensorError
 
+        fix = f"retrain it with `{RETRAIN if stage == STAGE else f'llmimg train {stage} --force'}`"
         path = require_folder(path, REQUIRED_FILES, "a generator checkpoint", RETRAIN)
-        manifest = read_manifest(path, stage)
+        manifest = read_manifest(path, stage, fix)
         try:
             config = GeneratorConfig.from_dict(manifest.config)
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"the config in {path.name!r} is damaged ({err}); retrain it with "
-                                  f"`{RETRAIN}`") from err
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"the config in {path.name!r} is damaged ({err}); {fix}") from None
+        # The text width is the text encoder's to say: a UNet of another width is refused below as trained on
+        # another encoder, not as damaged.
+        shape = {k: v for k, v in unet_config(config, text_encoder.width).items() if k not in TEXT_WIDTH_KEYS}
+        check_config(path, f"{UNET_DIR}/config.json", {"_class_name": "UNet2DConditionModel", **shape}, fix)
+        check_config(path, f"{SCHEDULER_DIR}/scheduler_config.json",
+                     {"_class_name": "DDPMScheduler", **scheduler_config(config)}, fix)
         try:
             with quiet_libraries():
-                unet = UNet2DConditionModel.from_pretrained(path / UNET_DIR)
+                unet = UNet2DConditionModel.from_pretrained(path / UNET_DIR, use_safetensors=True)
                 scheduler = DDPMScheduler.from_pretrained(path / SCHEDULER_DIR)
-        except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as err:
+        except Exception as err:  # safetensors, JSON and shape errors all mean damaged files
             raise CheckpointError(f"the generator in {path.name!r} cannot be loaded, its files are damaged "
-                                  f"({type(err).__name__}: {err}); retrain it with `{RETRAIN}`") from err
+                                  f"({type(err).__name__}: {first_line(err)}); {fix}") from err
+        check_finite(unet, path, fix)
         return cls(unet, scheduler, text_encoder, config, path=path, manifest=manifest)
 
     # -- the sampling loop ----------------------------------------------------------------
@@ -301,7 +314,7 @@ class ShapesGenerator:
 
     # -- drawing --------------------------------------------------------------------------
     def _validate(self, descriptions: Sequence[str], num_inference_steps: int, guidance_scale: float,
-                  scheduler: str, batch_size: int) -> list[str]:
+                  scheduler: str, batch_size: int, generator: Any = None) -> list[str]:
         if isinstance(descriptions, str):
             raise TypeError("descriptions must be a list of strings; wrap a single description in a list")
         descriptions = list(descriptions)
@@ -314,13 +327,14 @@ class ShapesGenerator:
             raise ValueError(f"unknown scheduler {scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive whole number, got {batch_size!r}")
+        check_generator(generator, len(descriptions), "description")
         return descriptions
 
     def _run(self, descriptions: Sequence[str], num_inference_steps: int, guidance_scale: float | None,
              scheduler: str, seed: int, generator: torch.Generator | None, batch_size: int, progress: bool,
              check: bool, record: set[int] | None, options: SamplingOptions | None):
         g_scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
-        descriptions = self._validate(descriptions, num_inference_steps, g_scale, scheduler, batch_size)
+        descriptions = self._validate(descriptions, num_inference_steps, g_scale, scheduler, batch_size, generator)
         cache = options.text_state_cache if options is not None else None
         states, mask = self.text_states(descriptions, check, cache)
         uncond = self.text_states([""], False, cache)

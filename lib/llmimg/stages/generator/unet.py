@@ -45,11 +45,9 @@ def to_images(latents: torch.Tensor, factor: int) -> torch.Tensor:
     return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
-def build_unet(config: GeneratorConfig, cross_attention_dim: int):
-    """A new ``UNet2DConditionModel`` of ``config``'s shape, reading text states of width ``cross_attention_dim``."""
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
+def unet_config(config: GeneratorConfig, cross_attention_dim: int) -> dict[str, Any]:
+    """The ``UNet2DConditionModel`` arguments of ``config``'s shape: what :func:`build_unet` builds and loading checks."""
+    return dict(
         sample_size=config.latent_size,
         in_channels=config.latent_channels + (2 if config.coordinates else 0),
         out_channels=config.latent_channels,
@@ -67,6 +65,13 @@ def build_unet(config: GeneratorConfig, cross_attention_dim: int):
         class_embed_type="projection" if config.pooled_condition else None,
         projection_class_embeddings_input_dim=cross_attention_dim if config.pooled_condition else None,
     )
+
+
+def build_unet(config: GeneratorConfig, cross_attention_dim: int):
+    """A new ``UNet2DConditionModel`` of ``config``'s shape, reading text states of width ``cross_attention_dim``."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**unet_config(config, cross_attention_dim))
 
 
 def pooled_text(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -149,13 +154,18 @@ def guided_output(unet: Any, x: torch.Tensor, t: Any, states: torch.Tensor, mask
     return uncond_out + guidance_scale * (cond_out - uncond_out)
 
 
+def scheduler_config(config: GeneratorConfig) -> dict[str, Any]:
+    """The DDPM training scheduler's arguments of ``config``: what :func:`build_scheduler` builds and loading checks."""
+    return dict(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
+                prediction_type=config.prediction_type, clip_sample=True, clip_sample_range=1.0,
+                timestep_spacing=config.timestep_spacing)
+
+
 def build_scheduler(config: GeneratorConfig):
     """The DDPM training scheduler (epsilon prediction, x0 clipped to [-1, 1] when sampling)."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
-                         prediction_type=config.prediction_type, clip_sample=True, clip_sample_range=1.0,
-                         timestep_spacing=config.timestep_spacing)
+    return DDPMScheduler(**scheduler_config(config))
 
 
 def make_scheduler(name: str, base_config: Any):
@@ -168,4 +178,5 @@ def make_scheduler(name: str, base_config: Any):
 
 
 __all__ = ["SCHEDULERS", "build_scheduler", "build_unet", "clean_estimate", "coordinate_channels", "guided_output",
-           "make_scheduler", "pooled_text", "to_images", "to_latents", "unet_inputs", "unet_output"]
+           "make_scheduler", "pooled_text", "scheduler_config", "to_images", "to_latents", "unet_config", "unet_inputs",
+           "unet_output"]

@@ -23,7 +23,8 @@ from llmimg.stages.llm.metrics import (HEADLINE, OPEN_ATTRIBUTES, caption_scores
 from llmimg.stages.llm.model import ClipCapLM, Context, PrefixMapper, greedy_decode, positions, task_ids, trim_padding
 from llmimg.stages.llm.text_encoder import GPT2TextEncoder, hidden_states
 from llmimg.stages.llm.train import LLMBank, train
-from llmimg.stages.llm.writer import ShapesLLM, build, in_reading_order, prompt_seeds
+from llmimg.stages.llm.writer import (ShapesLLM, Written, build, gpt2_config, in_reading_order, mapper_config,
+                                      prompt_seeds)
 
 Config = LLMConfig
 
@@ -49,7 +50,7 @@ def get(profile: str | Profile | None = None, *, config: LLMConfig | None = None
 
 
 __all__ = ["ClipCapLM", "Config", "Context", "FORMAT", "GPT2TextEncoder", "HEADLINE", "LLMBank", "LLMConfig",
-           "MAX_TRIES", "OPEN_ATTRIBUTES", "PrefixMapper", "RETRAIN", "STAGE", "ShapesLLM", "TASKS", "build",
-           "caption_scores", "default_config", "evaluate", "get", "greedy_decode", "hidden_states", "in_reading_order",
-           "key", "open_attributes", "positions", "prompt_seeds", "task_ids", "total_variation", "train",
-           "trim_padding", "upsampling_scores"]
+           "MAX_TRIES", "OPEN_ATTRIBUTES", "PrefixMapper", "RETRAIN", "STAGE", "ShapesLLM", "TASKS", "Written", "build",
+           "caption_scores", "default_config", "evaluate", "get", "gpt2_config", "greedy_decode", "hidden_states",
+           "in_reading_order", "key", "mapper_config", "open_attributes", "positions", "prompt_seeds", "task_ids",
+           "total_variation", "train", "trim_padding", "upsampling_scores"]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,16 @@ import numpy as np
 import torch
 
 from llmimg.core import seeding
-from llmimg.core.data import ParseError, faithful, reading_order
+from llmimg.core.data import ParseError, faithful, parse_prompt, reading_order
 from llmimg.core.sampling import RowSampler
-from llmimg.core.store import (CheckpointError, Manifest, quiet_libraries, read_manifest, require_folder,
-                               upstream_folder, write_manifest)
-from llmimg.core.text import BOS_ID, CONTEXT_LENGTH, EOS_ID, PAD_ID, check_prompt, decode, encode, for_text_generation
+from llmimg.core.folders import first_line
+from llmimg.core.loading import check_config, check_finite
+from llmimg.core.store import (CheckpointError, Manifest, quiet_libraries, read_manifest, require_folder, save_model,
+                               upstream_folder)
+from llmimg.core.text import (BOS_ID, CONTEXT_LENGTH, EOS_ID, PAD_ID, UngrammaticalPromptError, decode, encode,
+                              for_text_generation, normalise_prompt)
 from llmimg.stages.clip import ShapesCLIP
-from llmimg.stages.llm.config import FORMAT, MAX_TRIES, RETRAIN, STAGE, LLMConfig
+from llmimg.stages.llm.config import FORMAT, MAX_TRIES, RETRAIN, STAGE, TASKS, LLMConfig
 from llmimg.stages.llm.model import ClipCapLM, Context, PrefixMapper, task_ids, trim_padding
 
 FILES = ["config.json", "model.safetensors", "tokenizer.json", "prefix_mapper/config.json"]
@@ -70,6 +74,24 @@ def in_reading_order(descriptions: list[str]) -> list[str]:
         except ParseError:
             out.append(d)
     return out
+
+
+@dataclass
+class Written:
+    """What the upsampler wrote for each prompt: the description, how many draws it took, whether it is faithful.
+
+    ``faithful[k]`` is False when none of prompt k's draws parsed and kept everything
+    the prompt states; its description is then the last draw, as written, for the
+    caller to see or to refuse.
+    """
+
+    descriptions: list[str]
+    draws: list[int]
+    faithful: list[bool]
+
+    @property
+    def all_faithful(self) -> bool:
+        return all(self.faithful)
 
 
 class ShapesLLM:
@@ -152,34 +174,42 @@ class ShapesLLM:
         return Context(patches=self.clip.patch_tokens(images))
 
     def upsample(self, prompts: list[str], *, seed: Seeds = None, max_tries: int = MAX_TRIES,
-                 **kwargs: Any) -> list[str] | tuple[list[str], list[int]]:
-        """Full descriptions for typed prompts (checked: unknown words raise :class:`~.core.text.UnknownWordsError`).
+                 **kwargs: Any) -> list[str] | tuple[list[str], list[int]] | Written:
+        """Full descriptions for typed prompts, each read as ShapesWorld's grammar first.
 
-        ``seed``: one per prompt, or one for the list (prompt k then samples from
-        ``(seed, "prompt", k)``), or None for fresh randomness. Sampled descriptions go
-        through a checker: one that does not parse, or that contradicts its prompt, is
-        drawn again, up to ``max_tries`` draws in all (``max_tries=1``: the model's raw
-        samples). See :meth:`upsample_from`.
+        Prompts go through :func:`~llmimg.core.text.normalise_prompt`: unknown words,
+        empty or overlong text, and words that do not read as objects raise a
+        :class:`~llmimg.core.text.PromptError` saying why; "A red circle, top-left!" is
+        read as "a red circle in the top left". ``seed``: one per prompt, or one for the
+        list (prompt k then samples from ``(seed, "prompt", k)``), or None for fresh
+        randomness. Sampled descriptions go through a checker: one that does not parse,
+        or that contradicts its prompt, is drawn again, up to ``max_tries`` draws in all
+        (``max_tries=1``: the model's raw samples). See :meth:`upsample_from`.
         """
         if isinstance(prompts, str):
             raise TypeError("upsample takes a list of prompts; wrap a single prompt in a list")
-        prompts = [check_prompt(self.tokenizer, p) for p in prompts]
+        prompts = [normalise_prompt(self.tokenizer, p) for p in prompts]
         return self.upsample_from(self.clip.encode_text(prompts), prompts, seeds=prompt_seeds(seed, len(prompts)),
                                   max_tries=max_tries, **kwargs)
 
     def upsample_from(self, z: torch.Tensor, prompts: list[str], *, seeds: Sequence[int] | None = None,
-                      max_tries: int = MAX_TRIES, return_draws: bool = False,
-                      **kwargs: Any) -> list[str] | tuple[list[str], list[int]]:
-        """Descriptions of (already checked) ``prompts`` whose CLIP embeddings are ``z``, with the checker.
+                      max_tries: int = MAX_TRIES, return_draws: bool = False, details: bool = False,
+                      **kwargs: Any) -> list[str] | tuple[list[str], list[int]] | Written:
+        """Descriptions of ``prompts`` (in the grammar, as :meth:`upsample` makes them) whose CLIP embeddings are ``z``.
 
         **Rejection sampling.** The model samples a description ``d ~ q(d | prompt)``; if
         ``d`` does not parse or does not keep every attribute the prompt states, it is
         thrown away and drawn again. What is kept is a sample of ``q`` restricted to the
         faithful descriptions, ``q(d | prompt, faithful)``: the open attributes keep the
         model's distribution, renormalised. After ``max_tries`` draws the last one is
-        kept, faithful or not. Greedy decoding (``do_sample=False``) is deterministic, so
-        it is drawn once. Prompt k's draw j samples from ``(seeds[k], "describe", j)``.
-        With ``return_draws`` it also returns how many draws each prompt took.
+        kept, faithful or not, and the result says so (``details``). Greedy decoding
+        (``do_sample=False``) is deterministic, so it is drawn once. Prompt k's draw j
+        samples from ``(seeds[k], "describe", j)``. With ``return_draws`` it also returns
+        how many draws each prompt took; with ``details``, a :class:`Written` (the
+        descriptions, the draws, and whether each is faithful).
+
+        A prompt outside the grammar could never be judged faithful, so it is refused
+        (:class:`~llmimg.core.text.UngrammaticalPromptError`) before anything is drawn.
 
         The model names the objects in the prompt's order (``config.prompt_order``); each
         description that parses is then rewritten in reading order, the order the
@@ -187,6 +217,12 @@ class ShapesLLM:
         """
         if isinstance(max_tries, bool) or not isinstance(max_tries, int) or max_tries < 1:
             raise ValueError(f"max_tries must be a whole number of at least 1, got {max_tries!r}")
+        for p in prompts:
+            try:
+                parse_prompt(p)
+            except ParseError as err:
+                raise UngrammaticalPromptError(f"the prompt {p[:80]!r} is not in ShapesWorld's grammar ({err}); "
+                                               "pass it through llm.upsample or normalise_prompt first") from None
         seeds = prompt_seeds(None, len(prompts)) if seeds is None else list(seeds)
         context = self.context(prompts=prompts)
         out = self.generate(z, "upsample", context=context, seeds=seeds, **kwargs)
@@ -200,7 +236,10 @@ class ShapesLLM:
                                   seeds=[seeds[i] for i in redo], draw=attempt, **kwargs)
             for i, d in zip(redo, again):
                 out[i], draws[i] = d, draws[i] + 1
+        kept = [faithful(p, d) for p, d in zip(prompts, out)]
         out = in_reading_order(out)
+        if details:
+            return Written(out, draws, kept)
         return (out, draws) if return_draws else out
 
     def caption(self, images: torch.Tensor | np.ndarray, **kwargs: Any) -> list[str]:
@@ -213,56 +252,82 @@ class ShapesLLM:
         """Write a ``save_pretrained`` GPT-2 folder with ``prefix_mapper/``, a tokenizer and ``llmimg.json`` last.
 
         The tokenizer is :func:`~llmimg.core.text.for_text_generation`'s, so transformers'
-        text-generation pipeline continues prompts.
+        text-generation pipeline continues prompts. Into a new or empty folder, or over an
+        LLM saved before (the user's other files there stay); any other non-empty
+        folder is refused, with nothing written.
         """
-        path = Path(path)
-        with quiet_libraries():
-            self.lm.gpt2.save_pretrained(path)
-            for_text_generation(self.tokenizer).save_pretrained(path)
-            self.lm.mapper.save_pretrained(path / "prefix_mapper")
-        write_manifest(path, self.manifest)
-        return path
+        def write(out: Path) -> None:
+            with quiet_libraries():
+                self.lm.gpt2.save_pretrained(out)
+                for_text_generation(self.tokenizer).save_pretrained(out)
+                self.lm.mapper.save_pretrained(out / "prefix_mapper")
+
+        return save_model(path, write, self.manifest, "LLM")
 
     @classmethod
     def from_pretrained(cls, path: str | Path, clip: ShapesCLIP | None = None) -> ShapesLLM:
-        """Load an LLM saved by :meth:`save_pretrained`; its CLIP comes from the cache folder beside it unless given."""
+        """Load an LLM saved by :meth:`save_pretrained`; its CLIP comes from the cache folder beside it unless given.
+
+        Anything missing, damaged or unlike the config it was trained with is a
+        :class:`CheckpointError` saying how to make it again; weights are read from
+        safetensors only.
+        """
         from transformers import GPT2LMHeadModel
 
+        fix = f"retrain it with `{RETRAIN}`"
         path = require_folder(path, FILES, "an LLM checkpoint", RETRAIN)
-        manifest = read_manifest(path, STAGE)
+        manifest = read_manifest(path, STAGE, fix)
         if clip is None:
             clip = ShapesCLIP.from_pretrained(upstream_folder(path, manifest, "clip"))
         try:
             config = LLMConfig.from_dict(manifest.config)
+        except ValueError as err:
+            raise CheckpointError(f"the config in {path.name!r} is damaged ({err}); {fix}") from None
+        check_config(path, "config.json", gpt2_config(config, clip), fix)
+        check_config(path, "prefix_mapper/config.json", mapper_config(config, clip), fix)
+        try:
             with quiet_libraries():
-                gpt2 = GPT2LMHeadModel.from_pretrained(path)
-                mapper = PrefixMapper.from_pretrained(path / "prefix_mapper")
+                gpt2 = GPT2LMHeadModel.from_pretrained(path, use_safetensors=True)
+                mapper = PrefixMapper.from_pretrained(path / "prefix_mapper", use_safetensors=True)
         except Exception as err:  # safetensors, JSON and shape errors all mean a damaged folder
-            raise CheckpointError(f"{path.name!r} is not a loadable LLM checkpoint ({err}); retrain it with "
-                                  f"`{RETRAIN}`") from err
-        if mapper.config.clip_dim != clip.embed_dim:
-            raise CheckpointError(f"{path.name!r} expects {mapper.config.clip_dim}-d CLIP embeddings, "
-                                  f"the CLIP given has {clip.embed_dim}")
+            raise CheckpointError(f"{path.name!r} is not a loadable LLM checkpoint ({first_line(err)}); "
+                                  f"{fix}") from err
+        for part in (gpt2, mapper):
+            check_finite(part, path, fix)
         # The folder's tokenizer is set up for text generation (no <eos> after a prompt); the
         # library reads whole texts, <bos> words <eos>, with the CLIP's tokenizer, as in training.
         return cls(ClipCapLM(gpt2, mapper), clip.tokenizer, clip, config, path=path, manifest=manifest)
+
+
+def gpt2_config(config: LLMConfig, clip: ShapesCLIP) -> dict[str, Any]:
+    """GPT-2's config values for an LLM of ``config`` on ``clip``: what :func:`build` makes and loading checks."""
+    reads = max(clip.n_patches, CONTEXT_LENGTH) if config.read_context else 0  # the longest context
+    return {"model_type": "gpt2", "vocab_size": len(clip.tokenizer),
+            "n_positions": config.prefix_length + reads + 1 + CONTEXT_LENGTH, "n_embd": config.n_embd,
+            "n_layer": config.n_layer, "n_head": config.n_head, "bos_token_id": BOS_ID, "eos_token_id": EOS_ID,
+            "pad_token_id": PAD_ID}
+
+
+def mapper_config(config: LLMConfig, clip: ShapesCLIP) -> dict[str, Any]:
+    """The prefix mapper's config values for an LLM of ``config`` on ``clip`` (see :func:`gpt2_config`)."""
+    return {"clip_dim": clip.embed_dim, "n_embd": config.n_embd, "prefix_length": config.prefix_length,
+            "hidden_dim": config.mapper_hidden, "n_tasks": len(TASKS),
+            "patch_dim": clip.patch_width if config.read_context else None}
 
 
 def build(config: LLMConfig, clip: ShapesCLIP) -> ShapesLLM:
     """An untrained GPT-2 and prefix mapper sized by ``config``, for ``clip``'s embeddings."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    reads = max(clip.n_patches, CONTEXT_LENGTH) if config.read_context else 0  # the longest context
+    gpt2_values = {k: v for k, v in gpt2_config(config, clip).items() if k != "model_type"}
+    mapper_values = mapper_config(config, clip)
     with seeding.isolated(config.seed, "init"):
-        gpt2 = GPT2LMHeadModel(GPT2Config(
-            vocab_size=len(clip.tokenizer), n_positions=config.prefix_length + reads + 1 + CONTEXT_LENGTH,
-            n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head,
-            bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID))
-        mapper = PrefixMapper(clip_dim=clip.embed_dim, n_embd=config.n_embd, prefix_length=config.prefix_length,
-                              hidden_dim=config.mapper_hidden,
-                              patch_dim=clip.patch_width if config.read_context else None)
+        gpt2 = GPT2LMHeadModel(GPT2Config(**gpt2_values))
+        mapper = PrefixMapper(clip_dim=mapper_values["clip_dim"], n_embd=mapper_values["n_embd"],
+                              prefix_length=mapper_values["prefix_length"], hidden_dim=mapper_values["hidden_dim"],
+                              patch_dim=mapper_values["patch_dim"])
     gpt2.generation_config.pad_token_id = PAD_ID
     return ShapesLLM(ClipCapLM(gpt2, mapper), clip.tokenizer, clip, config)
 
 
-__all__ = ["FILES", "ShapesLLM", "build", "in_reading_order", "prompt_seeds"]
+__all__ = ["FILES", "ShapesLLM", "Written", "build", "gpt2_config", "in_reading_order", "mapper_config", "prompt_seeds"]
