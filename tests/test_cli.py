@@ -28,6 +28,7 @@ def test_version():
 
 
 def test_preview_same_seed_same_bytes(tmp_path):
+    (tmp_path / "sub").mkdir()
     a, b, c = tmp_path / "a.png", tmp_path / "sub" / "b.png", tmp_path / "c.png"
     assert llmimg("data", "preview", "--n", "6", "--seed", "4", "-o", str(a)).returncode == 0
     assert llmimg("data", "preview", "--n", "6", "--seed", "4", "-o", str(b)).returncode == 0
@@ -159,7 +160,9 @@ def test_damaged_cache_is_a_one_line_error(tmp_path):
     weights.write_bytes(weights.read_bytes()[:50])
     result = llmimg("eval", "clip", "--profile", "smoke", "--json", env=env)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "not a loadable CLIP checkpoint" in result.stderr and "llmimg train clip" in result.stderr
+    assert f"'{folder.name}' is damaged: open_clip_model.safetensors has 50 bytes" in result.stderr
+    assert "llmimg train clip --force" in result.stderr and result.stderr.count("\n") == 1
+    assert f"(model cache: '{tmp_path / 'smoke'}', set by $LLMIMG_CACHE_DIR)" in result.stderr
     assert weights.stat().st_size == 50  # nothing was overwritten behind the user's back
 
 

@@ -39,7 +39,7 @@ def test_one_image(workdir, capsys):
     assert run("a red circle", *SMOKE, "-o", "pic.png") == 0
     assert is_32px_png(workdir / "pic.png") and [p.name for p in workdir.iterdir()] == ["pic.png"]
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("wrote pic.png: '") and "(the LLM's description)" in out[0]
+    assert out[0].startswith("wrote pic.png: '") and "(the LLM's description" in out[0]
     assert out[1] == "settings: 2 dpm++ steps, guidance 3, seed 0"
     assert out[2].startswith("timings (ms): clip_encode ") and all(s in out[2] for s in STAGES)
 
@@ -57,7 +57,8 @@ def test_json_is_one_object_with_the_documented_keys(workdir, capsys):
     assert run("a blue square", "--profile", "smoke", "--batch", "2", "-o", "pic.png", "--json") == 0
     data = json.loads(capsys.readouterr().out)  # stdout is exactly one JSON object
     assert set(data) == {"prompt", "descriptions", "files", "timings_ms", "steps", "guidance_scale", "scheduler",
-                         "upsample", "seed"}
+                         "upsample", "seed", "faithful"}
+    assert len(data["faithful"]) == 2 and all(isinstance(f, bool) for f in data["faithful"])
     assert data["files"] == ["pic-1.png", "pic-2.png"]  # as the user gave them, not absolute
     assert data["prompt"] == "a blue square" and len(data["descriptions"]) == 2 and data["upsample"] is True
     assert (data["steps"], data["scheduler"], data["seed"]) == (DEFAULT_STEPS, DEFAULT_SCHEDULER, 0)
@@ -198,5 +199,43 @@ def test_damaged_pipeline_folder(workdir, saved, capsys):
     weights.write_bytes(weights.read_bytes()[:100])
     assert run("a red circle", "--pipeline", str(damaged), "-o", "pic.png") == 1
     err = capsys.readouterr().err
-    assert err.startswith("llmimg: error: the pipeline folder 'damaged' is damaged") and err.count("\n") == 1
+    assert err.startswith("llmimg: error: 'damaged' is damaged: unet/diffusion_pytorch_model.safetensors has 100 "
+                          "bytes") and err.count("\n") == 1
     assert "Traceback" not in err and list(workdir.iterdir()) == []
+
+
+def test_a_full_disk_midway_through_a_batch_leaves_no_image(workdir, capsys, monkeypatch):
+    """All or none: the second of three images cannot be written, so the first is not left behind either."""
+    import errno
+
+    real, calls = Image.Image.save, []
+
+    def save(self, fp, *args, **kwargs):
+        calls.append(fp)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, fp, *args, **kwargs)
+    monkeypatch.setattr(Image.Image, "save", save)
+    (workdir / "pic-3.png").write_bytes(b"an image of the user's from before")
+    assert run("a red circle", *SMOKE, "--batch", "3", "-o", "pic.png") == 1
+    err = capsys.readouterr().err
+    assert err == (f"llmimg: error: cannot write the images into {str(workdir)!r}: no space left on the device; "
+                   "free some space or lift the file-size limit\n")
+    assert [p.name for p in workdir.iterdir()] == ["pic-3.png"]  # no new file, and the old one as it was
+    assert (workdir / "pic-3.png").read_bytes() == b"an image of the user's from before"
+
+
+def test_a_huge_unknown_word_is_quoted_briefly(workdir, capsys):
+    assert run("a " + "x" * 1_000_000 + " circle", *SMOKE, "-o", "pic.png") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("llmimg: error: unknown word 'xxxx") and err.count("\n") == 1 and len(err) < 1000
+
+
+def test_a_prompt_no_draw_kept_is_said_so(workdir, capsys, monkeypatch):
+    from llmimg.stages.llm import ShapesLLM
+
+    monkeypatch.setattr(ShapesLLM, "generate", lambda self, z, task, **k: ["a large blue square in the center"] * len(z))
+    assert run("a red circle", *SMOKE, "-o", "pic.png") == 0
+    out = capsys.readouterr().out.splitlines()[0]
+    assert out == ("wrote pic.png: 'a large blue square in the center' (the LLM's description; no draw of the LLM "
+                   "kept everything the prompt states: this is its last draw)")

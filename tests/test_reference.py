@@ -94,6 +94,25 @@ def test_a_broken_results_file_is_a_clear_error(tmp_path):
         results.load_results(tmp_path, "default")
 
 
+@pytest.mark.parametrize("which, content, message", [
+    ("results", [], "build/results.json does not map profiles to recorded numbers; delete build/results.json"),
+    ("results", {"default": {"clip.x": 0.9}}, "default/clip.x is not a recorded number"),
+    ("results", {"default": {"clip.x": {"value": "high"}}}, "default/clip.x is not a recorded number"),
+    ("reference", {}, "default.json has no list of numbers; restore it with `git checkout"),
+    ("reference", {"numbers": [{"name": "clip.x", "value": 1.0}]}, "number 1 is not a name, a value, a tolerance"),
+    ("reference", [1, 2], "has no list of numbers"),
+])
+def test_check_only_with_files_of_the_wrong_shape_is_one_line(tmp_path, monkeypatch, capsys, which, content, message):
+    _fake_run(tmp_path)
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.setattr("llmimg.core.config.project_root", lambda: tmp_path)
+    path = results.results_path(tmp_path) if which == "results" else results.reference_path(tmp_path, "default")
+    path.write_text(json.dumps(content))
+    assert cli.main(["reproduce", "--profile", "default", "--check-only"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("llmimg: error: ") and message in err and err.count("\n") == 1, err
+
+
 def test_notebooks_record_through_reproduce_under_their_own_name(tmp_path):
     (tmp_path / "notebooks").mkdir()
     params = new_code_cell("PROFILE = None")

@@ -230,3 +230,17 @@ def test_no_checkout_is_a_clear_error(monkeypatch):
     monkeypatch.setattr("llmimg.course.reproduce.project_root", lambda: None)
     with pytest.raises(RuntimeError, match="clone of the repository"):
         reproduce("smoke", progress=False)
+
+
+def test_a_relative_cache_folder_means_the_same_folder_inside_the_notebooks(tmp_path, monkeypatch):
+    """Notebooks run in notebooks/: a relative $LLMIMG_CACHE_DIR must still name the folder it was set in."""
+    cells = [new_markdown_cell("# 01 · Cache"), _params(),
+             new_code_cell("from llmimg.core.config import cache_dir\nprint(cache_dir('smoke', create=False))")]
+    root = _make_root(tmp_path / "checkout", {"01_cache": cells})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LLMIMG_CACHE_DIR", "my-cache")
+    reproduce("smoke", root=root, progress=False, timeout=120)
+    nb = nbformat.read(root / "build" / "notebooks" / "01_cache.ipynb", as_version=4)
+    (cell,) = [c for c in nb.cells if "cache_dir" in c.source]
+    printed = "".join(o.get("text", "") for o in cell.outputs).strip()
+    assert printed == str(tmp_path / "my-cache" / "smoke")

@@ -8,20 +8,45 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llmimg.core.store import atomic_write
-
 if TYPE_CHECKING:
     from llmimg.pipelines.shapes import ShapesPipeline
 
 
-def _write_png(image, path: Path) -> None:
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"the output file must end in .png, got {path.name!r}")
+def _write_pngs(images: list, files: list[Path]) -> None:
+    """Write each image to its PNG file, all or none: every file is written beside its place first, then moved in.
+
+    A full disk or an unwritable folder midway leaves none of the new files (and the
+    files they would have replaced as they were): one :class:`StorageError` line.
+    """
+    import os
+    import tempfile
+
+    from llmimg.core.folders import writing
+
+    written: list[tuple[str, Path]] = []
     try:
-        with atomic_write(path) as f:
-            image.save(f, format="PNG")
-    except OSError as err:  # name the user's file, not the temporary one beside it
-        raise OSError(f"cannot write {str(path)!r}: {err.strerror or err}") from err
+        with writing(files[0].parent.resolve(), f"the image{'s' if len(files) > 1 else ''}"):
+            for image, path in zip(images, files):
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+                written.append((tmp, path))
+                with os.fdopen(fd, "wb") as f:
+                    image.save(f, format="PNG")
+                    f.flush()
+                    os.fsync(f.fileno())
+            for tmp, path in written:
+                os.chmod(tmp, 0o666 & ~_umask())
+                os.replace(tmp, path)
+    finally:
+        for tmp, _ in written:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _check_writable(folder: Path) -> None:
@@ -76,8 +101,9 @@ def preview_command(args: argparse.Namespace) -> int:
     from llmimg.core.data import ShapesWorld
     from llmimg.core.viz import sample_grid
 
+    files = _output_files(args.output, 1)  # as generate: the folder must exist and be writable
     samples = list(ShapesWorld(seed=args.seed).samples(args.n, args.split))
-    _write_png(sample_grid(samples, cols=args.cols, caption=args.caption), args.output)
+    _write_pngs([sample_grid(samples, cols=args.cols, caption=args.caption)], files)
     print(f"wrote {args.n} {args.split} samples (seed {args.seed}) to {args.output}")
     return 0
 
@@ -123,13 +149,12 @@ def generate_command(args: argparse.Namespace) -> int:
     generators = [torch_generator(args.seed + k, "noise") for k in range(args.batch)]
     out = pipe([args.prompt] * args.batch, num_inference_steps=steps, guidance_scale=args.guidance,
                generator=generators, upsample=not args.no_llm)
-    for image, file in zip(out.images, files):  # only now: a failed generation writes nothing
-        _write_png(image, file)
+    _write_pngs(out.images, files)  # only now, and all or none: a failed generation writes nothing
     guidance = args.guidance if args.guidance is not None else pipe.config.stage_configs["generator"]["guidance_scale"]
     result = {"prompt": args.prompt, "descriptions": out.descriptions, "files": [str(f) for f in files],
               "timings_ms": {key: round(value, 3) for key, value in out.timings.items()}, "steps": steps,
               "guidance_scale": guidance, "scheduler": scheduler, "upsample": not args.no_llm,
-              "seed": args.seed}
+              "seed": args.seed, "faithful": out.faithful}
     if args.json:
         print(json.dumps(result))
     else:
@@ -140,8 +165,10 @@ def generate_command(args: argparse.Namespace) -> int:
 def _print_generated(result: dict) -> None:
     """What ``generate`` did, in a few lines: each file with the text it shows, then the settings and stage timings."""
     source = "the LLM's description" if result["upsample"] else "the prompt, no LLM"
-    for file, text in zip(result["files"], result["descriptions"]):
-        print(f"wrote {file}: {text!r} ({source})")
+    kept = result["faithful"] or [True] * len(result["files"])
+    for file, text, faithful in zip(result["files"], result["descriptions"], kept):
+        unkept = "" if faithful else "; no draw of the LLM kept everything the prompt states: this is its last draw"
+        print(f"wrote {file}: {text!r} ({source}{unkept})")
     print(f"settings: {result['steps']} {result['scheduler']} steps, guidance {result['guidance_scale']:g}, "
           f"seed {result['seed']}")
     ms = result["timings_ms"]

@@ -12,16 +12,20 @@
     llmimg experiment generator-recipes [--profile P] [--only NAME ...] [--steps N] [--json]
     llmimg experiment seed-spread [--profile P] [--seeds S ...] [--json]
 
-Errors a user can cause (bad arguments, a failing notebook, an unwritable file) end
-with a one-line message and a non-zero exit status, never a traceback. ``parser`` holds
-the arguments, ``commands`` and ``models`` the handlers; ``accelerate launch -m llmimg
-train joint ...`` runs joint training on several processes.
+Every failure ends with a one-line message and exit status 1 (130 for Ctrl-C), never a
+traceback: :func:`llmimg.cli.errors.error_line` is the one place that words it, naming
+the file or folder and what to do (``LLMIMG_TRACEBACK=1`` shows the traceback of an
+unexpected one). ``parser`` holds the arguments, ``commands`` and ``models`` the
+handlers; ``accelerate launch -m llmimg train joint ...`` runs joint training on several
+processes.
 """
 
 
 from __future__ import annotations
 
 import sys
+import traceback
+from pathlib import Path
 from typing import Sequence
 
 from llmimg.cli.parser import build_parser
@@ -30,8 +34,11 @@ from llmimg.cli.parser import build_parser
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmimg`` console script; returns the exit status."""
     from llmimg.cli import commands, models
+    from llmimg.cli.errors import error_line
+    from llmimg.core import config
 
     args = build_parser().parse_args(argv)
+    config.pin_folders()  # a relative $LLMIMG_CACHE_DIR means this folder, for every notebook and process started
     handler = {"reproduce": commands.reproduce_command, "data": commands.preview_command,
                "generate": commands.generate_command, "bench": commands.bench_command,
                "train": models.train_command, "eval": models.eval_command,
@@ -41,9 +48,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("llmimg: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, RuntimeError, OSError) as err:  # NotebookFailed and CheckpointError are RuntimeErrors
-        print(f"llmimg: error: {err}", file=sys.stderr)
+    except Exception as err:  # every failure is one line; see llmimg.cli.errors
+        line, unexpected = error_line(err, _cache_of(args))
+        if unexpected and config.show_tracebacks():
+            traceback.print_exc()
+        print(f"llmimg: error: {line}", file=sys.stderr)
         return 1
+
+
+def _cache_of(args) -> Path | None:
+    """The model cache the command works with, named in messages about it (None: it uses none)."""
+    from llmimg.core.config import cache_dir
+
+    uses_cache = args.command in ("train", "eval", "bench", "experiment") or (
+        args.command == "generate" and args.pipeline is None)
+    try:
+        return cache_dir(getattr(args, "profile", None), create=False) if uses_cache else None
+    except ValueError:  # an unknown $LLMIMG_PROFILE: the error being reported says so already
+        return None
 
 
 if __name__ == "__main__":

@@ -112,6 +112,9 @@ def eval_command(args: argparse.Namespace) -> int:
 
     stage = _stage(args.stage)
     n = args.n or get_profile(args.profile).size(f"{args.stage}.eval_n")
+    minimum = getattr(stage, "MIN_EVAL_N", 1)
+    if n < minimum:  # refused before anything is trained
+        raise ValueError(f"llmimg eval {args.stage}: --n must be at least {minimum}, got {n}")
     model = stage.get(args.profile, progress=not args.no_progress)
     metrics = {"stage": args.stage, "profile": get_profile(args.profile).name, **stage.evaluate(model, n=n)}
     if args.json:

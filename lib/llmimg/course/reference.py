@@ -72,19 +72,43 @@ def reference_path(root: Path, profile: str | Profile | None = None) -> Path:
     return Path(root) / "data" / "reference" / f"{get_profile(profile).name}.json"
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, fix: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path.name} is not valid JSON ({exc}); delete it and run again") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path.name} is not valid JSON ({exc}); {fix}") from None
 
 
-def load_results(root: Path, profile: str | Profile | None = None) -> dict[str, dict[str, Any]]:
-    """The numbers recorded for ``profile`` in ``build/results.json`` (empty if none)."""
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _results_fix(profile: str) -> str:
+    return f"delete build/results.json and run `llmimg reproduce --profile {profile}` again"
+
+
+def _all_results(root: Path, profile: str) -> dict[str, Any]:
+    """Everything in ``build/results.json`` (empty if there is none), checked to be what :func:`record` writes."""
     path = results_path(root)
     if not path.is_file():
         return {}
-    return _read_json(path).get(get_profile(profile).name, {})
+    fix = _results_fix(profile)
+    data = _read_json(path, fix)
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ValueError(f"build/results.json does not map profiles to recorded numbers; {fix}")
+    for prof, entries in data.items():
+        for name, entry in entries.items():
+            if not (isinstance(entry, dict) and _is_number(entry.get("value"))
+                    and all(entry.get(k) is None or _is_number(entry[k]) for k in ("se", "n"))):
+                raise ValueError(f"build/results.json: {prof}/{name} is not a recorded number (a value, its se and "
+                                 f"n); {fix}")
+    return data
+
+
+def load_results(root: Path, profile: str | Profile | None = None) -> dict[str, dict[str, Any]]:
+    """The numbers recorded for ``profile`` in ``build/results.json`` (empty if none); damage is a ValueError."""
+    name = get_profile(profile).name
+    return _all_results(root, name).get(name, {})
 
 
 def record(values: Mapping[str, float], *, profile: str | Profile | None = None, prefix: str = "",
@@ -122,7 +146,7 @@ def record(values: Mapping[str, float], *, profile: str | Profile | None = None,
         return entries
     path = results_path(root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    everything = _read_json(path) if path.is_file() else {}
+    everything = _all_results(root, profile.name)
     everything.setdefault(profile.name, {}).update(entries)
     with atomic_write(path, "w") as f:
         json.dump(everything, f, indent=1, sort_keys=True)
@@ -190,12 +214,24 @@ def write_reference(root: Path, profile: str | Profile | None = None,
 
 
 def load_reference(root: Path, profile: str | Profile | None = None) -> dict[str, Any]:
-    """The reference file of ``profile``; a clear error if there is none."""
+    """The reference file of ``profile``, checked for its shape; a clear error if there is none or it is damaged."""
     path = reference_path(root, profile)
+    name = get_profile(profile).name
     if not path.is_file():
-        raise FileNotFoundError(f"no reference numbers for profile {get_profile(profile).name!r} "
+        raise FileNotFoundError(f"no reference numbers for profile {name!r} "
                                 f"(data/reference/{path.name} is missing)")
-    return _read_json(path)
+    fix = (f"restore it with `git checkout -- data/reference/{path.name}` or write it again with "
+           f"`llmimg reproduce --profile {name} --write-reference`")
+    reference = _read_json(path, fix)
+    numbers = reference.get("numbers") if isinstance(reference, dict) else None
+    if not isinstance(numbers, list):
+        raise ValueError(f"data/reference/{path.name} has no list of numbers; {fix}")
+    for k, ref in enumerate(numbers):
+        if not (isinstance(ref, dict) and isinstance(ref.get("name"), str) and _is_number(ref.get("value"))
+                and _is_number(ref.get("tolerance")) and isinstance(ref.get("notebook", ""), str)):
+            raise ValueError(f"data/reference/{path.name}: number {k + 1} is not a name, a value, a tolerance and a "
+                             f"notebook; {fix}")
+    return reference
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ import papermill
 from papermill.exceptions import PapermillExecutionError
 from tqdm.auto import tqdm
 
-from llmimg.core.config import NOTEBOOK_ENV, PROFILE_ENV, REPO_URL, get_profile, package_version, project_root
+from llmimg.core.config import (NOTEBOOK_ENV, PROFILE_ENV, REPO_URL, get_profile, package_version, pin_folders,
+                                project_root)
 from llmimg.core.store import atomic_write
 from llmimg.course.reference import check, load_results, verdict
 
@@ -108,8 +109,12 @@ def changed_notebooks(root: Path, since: str) -> list[str] | None:
     Changes are counted from the merge base of ``since`` and ``HEAD`` to the working tree,
     so a pull request's commits and uncommitted edits both count. A change under
     ``lib/``, to the dependencies or to the reference numbers touches every notebook.
+    ``since`` must name a revision: text starting with ``-`` would reach git as an option,
+    so it is refused.
     """
     root = Path(root)
+    if not since or since.startswith("-"):
+        raise ValueError(f"--changed-since takes a git revision (a branch, tag or commit), got {since!r}")
 
     def git(*args: str) -> str:
         done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
@@ -117,7 +122,7 @@ def changed_notebooks(root: Path, since: str) -> list[str] | None:
             raise ValueError(f"git {' '.join(args)} failed: {done.stderr.strip() or done.stdout.strip()}")
         return done.stdout
 
-    base = git("merge-base", since, "HEAD").strip()
+    base = git("merge-base", "--end-of-options", since, "HEAD").strip()
     paths = git("diff", "--name-only", base).splitlines() + git("ls-files", "--others", "--exclude-standard").splitlines()
     if any(path.startswith(RUN_ALL_PREFIXES) for path in paths):
         return None
@@ -145,6 +150,7 @@ def reproduce(
     outputs back into ``notebooks/`` (refusing, with :class:`WriteBackRefused`, outputs
     holding errors or machine paths).
     """
+    pin_folders()  # the notebooks run in notebooks/: a relative $LLMIMG_CACHE_DIR means the folder it was set in
     if root is None:
         root = project_root()
         if root is None:
