@@ -234,7 +234,8 @@ def test_a_huge_unknown_word_is_quoted_briefly(workdir, capsys):
 def test_a_prompt_no_draw_kept_is_said_so(workdir, capsys, monkeypatch):
     from llmimg.stages.llm import ShapesLLM
 
-    monkeypatch.setattr(ShapesLLM, "generate", lambda self, z, task, **k: ["a large blue square in the center"] * len(z))
+    monkeypatch.setattr(ShapesLLM, "generate",
+                        lambda self, z, task, **k: ["a large blue square in the center"] * len(z))
     assert run("a red circle", *SMOKE, "-o", "pic.png") == 0
     out = capsys.readouterr().out.splitlines()[0]
     assert out == ("wrote pic.png: 'a large blue square in the center' (the LLM's description; no draw of the LLM "

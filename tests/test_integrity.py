@@ -177,7 +177,8 @@ def test_damaged_weights_in_the_cache_stop_generate_with_one_line(folders, smoke
                            "--no-progress", "-o", str(tmp_path / "out.png")], capture_output=True, text=True,
                           env=env, timeout=300)
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
-    assert f"'{folders['generator'].name}' is damaged" in done.stderr and "llmimg train generator --force" in done.stderr
+    assert f"'{folders['generator'].name}' is damaged" in done.stderr
+    assert "llmimg train generator --force" in done.stderr
     assert f"model cache: '{cache / 'smoke'}', set by $LLMIMG_CACHE_DIR" in done.stderr
     assert not (tmp_path / "out.png").exists()
 

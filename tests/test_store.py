@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from llmimg.core.folders import StorageError, file_record, save_into, writing
+from llmimg.core.folders import StorageError, current_umask, file_record, save_into, writing
 from llmimg.core.loading import check_config
 from llmimg.core.store import (MANIFEST, CheckpointError, Manifest, cache_key, cached, read_manifest, save_model,
                                upstream_folder, write_manifest)
@@ -38,6 +38,7 @@ def test_saving_into_a_new_folder_and_over_a_saved_model_keeps_the_users_files(t
     target = tmp_path / "model"
     save_into(target, toy_write("one"), markers=("marker.json",), what="toy model")
     assert tree(target) == {"marker.json": "{}", "sub/config.json": '{"v": "one"}', "weights.bin": "one"}
+    assert target.stat().st_mode & 0o777 == 0o777 & ~current_umask()  # not the 0700 of a temporary folder
     (target / "notes.txt").write_text("mine")
     (target / "runs").mkdir()
     (target / "runs" / "log.txt").write_text("mine too")

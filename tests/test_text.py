@@ -121,8 +121,8 @@ def test_encode_checks_by_default_but_training_may_skip(tok):
         check_prompt(tok, 42)
 
 
-@pytest.mark.parametrize("prompt", ["a red circle！", "a red circle…", "ａ ｒｅｄ ｃｉｒｃｌｅ", "a red circle，top－left",
-                                    "𝐚 𝐫𝐞𝐝 𝐜𝐢𝐫𝐜𝐥𝐞"])
+@pytest.mark.parametrize("prompt", ["a red circle！", "a red circle…", "ａ ｒｅｄ ｃｉｒｃｌｅ",
+                                    "a red circle，top－left", "𝐚 𝐫𝐞𝐝 𝐜𝐢𝐫𝐜𝐥𝐞"])
 def test_fullwidth_and_other_compatibility_forms_read_as_their_plain_letters(tok, prompt):
     """NFKC, as the tokenizer applies it: fullwidth and ellipsis punctuation are punctuation, not unknown words."""
     expected = "a red circle top left" if "top" in prompt else "a red circle"

@@ -201,7 +201,7 @@ def test_damaged_resume_state_is_a_clear_error(tmp_path):
 
 
 def interrupted_at_12(work_dir) -> None:
-    """A run interrupted after 12 steps, its state saved in ``work_dir`` (it checkpoints every 10: this is step 12's)."""
+    """A run interrupted after 12 steps, its state saved in ``work_dir`` (step 12's, not the checkpoint of 10)."""
     with pytest.raises(KeyboardInterrupt):
         fit(fresh_model(), lambda s: (_ for _ in ()).throw(KeyboardInterrupt) if s == 12 else batch(s), loss,
             CONFIG, work_dir=work_dir, progress=False)
@@ -215,7 +215,8 @@ def test_changed_weights_in_resume_state_are_refused_not_trained_on(tmp_path):
     data[-4:] = b"\x00\x00\x80\x3f"  # the last float becomes 1.0: still a valid file
     weights.write_bytes(bytes(data))
     assert load_tensors(weights)  # it loads
-    with pytest.raises(CheckpointError, match="cannot resume .*: model.safetensors is not the file that was saved.*delete"):
+    with pytest.raises(CheckpointError, match="cannot resume .*: model.safetensors is not the file that was saved.*"
+                                              "delete"):
         fit(fresh_model(), batch, loss, CONFIG, work_dir=tmp_path, progress=False)
 
 

@@ -21,7 +21,7 @@ def _write_pngs(images: list, files: list[Path]) -> None:
     import os
     import tempfile
 
-    from llmimg.core.folders import writing
+    from llmimg.core.folders import current_umask, writing
 
     written: list[tuple[str, Path]] = []
     try:
@@ -33,20 +33,13 @@ def _write_pngs(images: list, files: list[Path]) -> None:
                     image.save(f, format="PNG")
                     f.flush()
                     os.fsync(f.fileno())
+            mode = 0o666 & ~current_umask()  # mkstemp makes 0600 files; keep the usual permissions
             for tmp, path in written:
-                os.chmod(tmp, 0o666 & ~_umask())
+                os.chmod(tmp, mode)
                 os.replace(tmp, path)
     finally:
         for tmp, _ in written:
             Path(tmp).unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _check_writable(folder: Path) -> None:

@@ -55,9 +55,11 @@ def error_line(err: BaseException, cache: Path | None = None) -> tuple[str, bool
         at = f" {str(target)!r}" if target else ""
         return f"cannot write{at}: {reason}; {remedy}" + (f" ({where})" if cache else ""), False
     if kind == "safetensors":
-        return f"a weights file cannot be read ({first_line(err)}); {RETRAIN}" + (f" ({where})" if cache else ""), False
+        return (f"a weights file cannot be read ({first_line(err)}); {RETRAIN}"
+                + (f" ({where})" if cache else "")), False
     if kind == "tokenizers":
-        return f"a tokenizer file cannot be read ({first_line(err)}); {RETRAIN}" + (f" ({where})" if cache else ""), False
+        return (f"a tokenizer file cannot be read ({first_line(err)}); {RETRAIN}"
+                + (f" ({where})" if cache else "")), False
     if isinstance(err, json.JSONDecodeError):
         return (f"a JSON file is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); {RETRAIN}"
                 + (f" ({where})" if cache else "")), False

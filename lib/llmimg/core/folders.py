@@ -48,7 +48,7 @@ _OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
 class StorageError(OSError):
-    """A file or folder that could not be written (full disk, size limit, read-only); one line says where and what to do.
+    """A file or folder that could not be written (full disk, size limit, read-only): one line, where and what to do.
 
     ``reason`` is why, in words; ``remedy`` what to do. It is an ``OSError``, so code
     catching the operating system's errors catches it too.
@@ -70,7 +70,7 @@ def first_line(err: BaseException, limit: int = 240) -> str:
 
 
 def write_failure(err: BaseException) -> tuple[str, str] | None:
-    """``(why, what to do)`` if ``err`` is the operating system refusing a write, whichever library met it; else None."""
+    """``(why, what to do)`` if ``err`` is the system refusing a write, whichever library met it; else None."""
     if isinstance(err, StorageError):
         return err.reason, err.remedy
     code = err.errno if isinstance(err, OSError) else None
@@ -96,6 +96,13 @@ def writing(folder: str | os.PathLike, what: str = "") -> Iterator[None]:
         raise StorageError(f"cannot write {label}: {reason}; {remedy}", reason, remedy) from err
 
 
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _clear(folder: Path) -> None:
     """Remove everything inside ``folder`` (which this process filled) but the folder itself."""
     for entry in folder.iterdir():
@@ -111,14 +118,15 @@ def save_into(target: str | os.PathLike, write: Callable[[Path], object], *, mar
 
     ``markers`` are the files that make a folder a complete model, in the order they
     are put in place (the last one is the folder's proof of being complete, e.g.
-    ``model_index.json``); ``write`` must write them last. A ``target`` that is new or
-    empty is written directly (emptied again if the write fails). A ``target`` holding
-    a model of this kind (its last marker) gets the new entries through a staging
-    folder beside it: the old markers go first, the other entries replace their
-    namesakes one by one, the markers come last, so a crash in between leaves no folder
-    that looks complete. A non-empty ``target`` without the marker is refused with a
-    ``ValueError`` before anything is written; ``what`` names the model in messages
-    (``"CLIP"``, ``"pipeline"``). Write failures are :class:`StorageError`.
+    ``model_index.json``). A new ``target`` is written in a staging folder beside it and
+    renamed into place whole. An empty one is written directly (emptied again if the
+    write fails; ``write`` should write the markers last). A ``target`` holding a model
+    of this kind (its last marker) gets the new entries through a staging folder: the
+    old markers go first, the other entries replace their namesakes one by one, the
+    markers come last, so a crash in between leaves no folder that looks complete. A
+    non-empty ``target`` without the marker is refused with a ``ValueError`` before
+    anything is written; ``what`` names the model in messages (``"CLIP"``,
+    ``"pipeline"``). Write failures are :class:`StorageError`.
     """
     target = Path(target)
     if target.exists() and not target.is_dir():
@@ -128,21 +136,22 @@ def save_into(target: str | os.PathLike, write: Callable[[Path], object], *, mar
         raise ValueError(f"the folder {str(target)!r} is not empty and holds no saved {what}: "
                          "save into a new or empty folder (nothing was written)")
     with writing(target, f"the {what}"):
-        if not occupied:
-            created = not target.exists()
-            target.mkdir(parents=True, exist_ok=True)
+        if target.is_dir() and not occupied:  # an empty folder (the cache's, or the user's): nothing to keep
             try:
                 write(target)
             except BaseException:
                 _clear(target)
-                if created:
-                    target.rmdir()
                 raise
             return target
+        target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".saving", dir=target.parent))
         try:
             write(staging)
-            _move_entries(staging, target, markers)
+            if occupied:
+                _move_entries(staging, target, markers)
+            else:  # a new folder appears whole, in one rename, with the usual permissions (mkdtemp's are 0700)
+                os.chmod(staging, 0o777 & ~current_umask())
+                os.replace(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -177,9 +186,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; keep the usual permissions
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files; keep the usual permissions
         text = {"encoding": encoding or "utf-8", "newline": "\n"} if mode == "w" else {}
         with os.fdopen(fd, mode, **text) as f:
             yield f
@@ -262,5 +269,5 @@ def verify_files(folder: str | os.PathLike, files: Mapping[str, Mapping[str, Any
     return None
 
 
-__all__ = ["StorageError", "WRITE_FAILURES", "atomic_directory", "atomic_write", "check_records", "file_record", "file_records", "first_line", "save_into",
-           "verify_files", "write_failure", "writing"]
+__all__ = ["StorageError", "WRITE_FAILURES", "atomic_directory", "atomic_write", "check_records", "current_umask",
+           "file_record", "file_records", "first_line", "save_into", "verify_files", "write_failure", "writing"]

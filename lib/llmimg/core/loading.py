@@ -21,7 +21,7 @@ from llmimg.core.store import CheckpointError
 
 
 def check_config(path: str | os.PathLike, name: str, expected: dict[str, Any], fix: str) -> dict[str, Any]:
-    """The JSON config ``name`` (e.g. ``"unet/config.json"``) of the model folder ``path``, checked against ``expected``.
+    """The JSON config ``name`` (``"unet/config.json"``) of the model folder ``path``, checked against ``expected``.
 
     Every key of ``expected`` must be in the file with that value. The libraries fill a
     missing key with their own default; checking the file as written means none is

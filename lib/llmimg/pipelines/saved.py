@@ -31,7 +31,7 @@ SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "prediction_type", "tim
 
 
 def check_index(path: Path, fix: str) -> dict[str, Any]:
-    """``model_index.json`` of the pipeline folder ``path``, checked: every component named, every stage config whole."""
+    """``model_index.json`` of the pipeline folder ``path``, checked: each component named, each stage config whole."""
     where = f"model_index.json in {path.name!r}"
     try:
         index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))

@@ -203,7 +203,7 @@ class ShapesPipeline(DiffusionPipeline):
 
     # -- saving and loading -----------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
-        """diffusers' ``save_pretrained`` plus :data:`CODE_FILE` and ``llmimg.json``; replaces only the pipeline's entries.
+        """diffusers' ``save_pretrained`` plus :data:`CODE_FILE` and ``llmimg.json``, replacing only the pipeline's.
 
         Into a new or empty folder directly; into a folder holding a saved pipeline
         through a temporary folder beside it whose entries replace their namesakes one by
@@ -402,5 +402,5 @@ def evaluate(pipe: ShapesPipeline, n: int = 500, *, seed: int = 0, num_inference
             "seconds": time.perf_counter() - t0}
 
 
-__all__ = ["CODE_FILE", "COMPONENTS", "DEFAULT_SCHEDULER", "DEFAULT_STEPS", "FORMAT", "STAGES", "ClipModel", "PipelineOutput",
-           "ShapesPipeline", "evaluate", "get"]
+__all__ = ["CODE_FILE", "COMPONENTS", "DEFAULT_SCHEDULER", "DEFAULT_STEPS", "FORMAT", "STAGES", "ClipModel",
+           "PipelineOutput", "ShapesPipeline", "evaluate", "get"]

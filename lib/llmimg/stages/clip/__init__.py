@@ -39,7 +39,7 @@ def get(profile: str | Profile | None = None, *, config: ClipConfig | None = Non
     return ShapesCLIP.from_pretrained(cached(key(config), build_into, profile=profile, force=force))
 
 
-__all__ = ["CONFIG_DIR", "ClipBank", "ClipConfig", "Config", "FORMAT", "HEADLINE", "IMAGE_MEAN", "IMAGE_STD", "MIN_EVAL_N",
-           "RETRAIN", "STAGE", "ShapesCLIP", "ZERO_SHOT_TEMPLATES", "binding_accuracy", "binding_loss", "build",
-           "default_config", "evaluate", "get", "hard_negative", "key", "model_config", "preprocess", "retrieval", "train",
-           "training_loss", "zero_shot", "zero_shot_texts"]
+__all__ = ["CONFIG_DIR", "ClipBank", "ClipConfig", "Config", "FORMAT", "HEADLINE", "IMAGE_MEAN", "IMAGE_STD",
+           "MIN_EVAL_N", "RETRAIN", "STAGE", "ShapesCLIP", "ZERO_SHOT_TEMPLATES", "binding_accuracy", "binding_loss",
+           "build", "default_config", "evaluate", "get", "hard_negative", "key", "model_config", "preprocess",
+           "retrieval", "train", "training_loss", "zero_shot", "zero_shot_texts"]

@@ -89,7 +89,7 @@ def binding_accuracy(clip: ShapesCLIP, n: int = 500, split: str = "val", seed: i
 
 
 def evaluate(clip: ShapesCLIP, n: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """The CLIP metrics of ``llmimg eval clip``: retrieval on val and heldout, zero-shot accuracy (``n`` at least 100)."""
+    """The CLIP metrics of ``llmimg eval clip``: retrieval on val and heldout, zero-shot accuracy (``n`` >= 100)."""
     if n < MIN_EVAL_N:
         raise ValueError(f"CLIP is scored on at least {MIN_EVAL_N} examples (retrieval ranks among {CANDIDATES}), "
                          f"got n = {n}")
@@ -106,5 +106,5 @@ def evaluate(clip: ShapesCLIP, n: int = 1000, seed: int = 0) -> dict[str, Any]:
     }
 
 
-__all__ = ["CANDIDATES", "HEADLINE", "MIN_EVAL_N", "ZERO_SHOT_TEMPLATES", "binding_accuracy", "evaluate", "retrieval", "zero_shot",
-           "zero_shot_texts"]
+__all__ = ["CANDIDATES", "HEADLINE", "MIN_EVAL_N", "ZERO_SHOT_TEMPLATES", "binding_accuracy", "evaluate",
+           "retrieval", "zero_shot", "zero_shot_texts"]

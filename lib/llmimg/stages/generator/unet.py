@@ -46,7 +46,7 @@ def to_images(latents: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 def unet_config(config: GeneratorConfig, cross_attention_dim: int) -> dict[str, Any]:
-    """The ``UNet2DConditionModel`` arguments of ``config``'s shape: what :func:`build_unet` builds and loading checks."""
+    """The ``UNet2DConditionModel`` arguments of ``config``'s shape: what :func:`build_unet` builds, loading checks."""
     return dict(
         sample_size=config.latent_size,
         in_channels=config.latent_channels + (2 if config.coordinates else 0),
