@@ -66,6 +66,7 @@ def saved_before_records():
         manifest = folder / "llmimg.json"
         data = json.loads(manifest.read_text())
         data.pop("files", None)
+        data.pop("checksum", None)
         manifest.write_text(json.dumps({**data, "schema": 1}))
         return folder
 

@@ -113,6 +113,16 @@ def test_eval_refuses_too_few_examples_before_training_anything(monkeypatch, cap
     assert capsys.readouterr().err == "llmimg: error: llmimg eval clip: --n must be at least 100, got 10\n"
 
 
+def test_generate_refuses_a_bad_prompt_before_training_anything(monkeypatch, capsys, tmp_path):
+    from llmimg.pipelines import shapes
+
+    monkeypatch.setenv("LLMIMG_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(shapes, "get", lambda *a, **k: pytest.fail("trained the pipeline before refusing the prompt"))
+    assert run(["generate", "a red circel", "--profile", "smoke", "-o", str(tmp_path / "x.png")]) == 1
+    assert capsys.readouterr().err.startswith("llmimg: error: unknown word 'circel'")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_preview_refuses_a_missing_folder_as_generate_does(monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
     assert run(["data", "preview", "-o", "nowhere/grid.png"]) == 1

@@ -90,7 +90,7 @@ RECORDED = [  # caught by the manifest's record of the files
     ("clip", write("tokenizer_config.json", "{}"), "tokenizer_config.json has 2 bytes"),
     ("clip", overwrite_middle("open_clip_model.safetensors"), "open_clip_model.safetensors is not the file"),
     ("llm", write("llmimg.json", "{}"), "is not an llmimg manifest"),
-    ("llm", rename_key("llmimg.json", "n_embd", "n_embe"), "LLMConfig has no field 'n_embe'"),
+    ("llm", rename_key("llmimg.json", "n_embd", "n_embe"), "llmimg.json in '.*' was changed after it was saved"),
     ("llm", rename_key("config.json", "n_embd", "n_embe"), "config.json is not the file that was saved"),
     ("generator", write("unet/config.json", "null"), "unet/config.json has 4 bytes"),
     ("generator", write("scheduler/scheduler_config.json", "{}"), "scheduler/scheduler_config.json has 2 bytes"),
@@ -101,6 +101,7 @@ UNRECORDED = [  # a folder saved before the record: the loaders' own checks
     ("clip", write("tokenizer_config.json", "{}"), "the tokenizer in '.*' is damaged"),
     ("clip", rename_key("open_clip_config.json", "width", "widtg"), "does not state 'model_cfg.vision_cfg.width'"),
     ("llm", rename_key("config.json", "n_embd", "n_embe"), "config.json in '.*' does not state 'n_embd'"),
+    ("llm", rename_key("llmimg.json", "n_embd", "n_embe"), "LLMConfig has no field 'n_embe'"),
     ("llm", write("prefix_mapper/config.json", "null"), "prefix_mapper/config.json in '.*' is not a JSON object"),
     ("llm", pickled_mapper, "not a loadable LLM checkpoint"),  # weights are read from safetensors only
     ("generator", write("unet/config.json", "null"), "unet/config.json in '.*' is not a JSON object"),
@@ -159,13 +160,23 @@ PIPELINE = [
 @pytest.mark.parametrize("damage, recorded, message", PIPELINE, ids=[m for _, _, m in PIPELINE])
 def test_a_damaged_pipeline_folder_is_one_checkpoint_error(saved, tmp_path, damage, recorded, message):
     copy = shutil.copytree(saved, tmp_path / "pipe")
-    if not recorded:  # saved before pipeline folders had an llmimg.json
+    if not recorded:  # saved before pipeline folders had an llmimg.json (and model_index.json said so)
         (copy / "llmimg.json").unlink()
+        index = json.loads((copy / "model_index.json").read_text())
+        del index["_llmimg_manifest"]
+        (copy / "model_index.json").write_text(json.dumps(index))
     ShapesPipeline.from_pretrained(copy)
     damage(copy)
     with pytest.raises(CheckpointError, match=message) as caught:
         ShapesPipeline.from_pretrained(copy)
     assert "save_pretrained" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_pipeline_folder_that_lost_its_manifest_is_refused(saved, tmp_path):
+    copy = shutil.copytree(saved, tmp_path / "pipe")
+    (copy / "llmimg.json").unlink()  # model_index.json says there was one: not an old folder, a damaged one
+    with pytest.raises(CheckpointError, match="'pipe' has no llmimg.json"):
+        ShapesPipeline.from_pretrained(copy)
 
 
 def test_damaged_weights_in_the_cache_stop_generate_with_one_line(folders, smoke_cache, tmp_path):

@@ -249,6 +249,13 @@ def test_saving_keeps_the_users_files_and_refuses_a_folder_that_is_not_a_pipelin
     with pytest.raises(ValueError, match="not empty and holds no saved pipeline"):
         pipe.save_pretrained(mine)
     assert [p.name for p in mine.iterdir()] == ["important.txt"]  # nothing written, nothing removed
+    (mine / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')  # another model's folder
+    (mine / "unet").mkdir()
+    (mine / "unet" / "weights.safetensors").write_text("the user's UNet")
+    with pytest.raises(ValueError, match="not empty and holds no saved pipeline"):
+        pipe.save_pretrained(mine)
+    assert (mine / "unet" / "weights.safetensors").read_text() == "the user's UNet"
+    assert sorted(p.name for p in mine.iterdir()) == ["important.txt", "model_index.json", "unet"]
     target = tmp_path / "pipeline"
     pipe.save_pretrained(target)
     (target / "important.txt").write_text("notes")

@@ -237,4 +237,8 @@ def test_rebuilding_the_tiny_models_keeps_the_users_files(tmp_path):
     with pytest.raises(ValueError, match="not empty and holds no saved language model.*nothing was written"):
         pretrained.tiny_writer(mine)
     assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+    (mine / "config.json").write_text('{"model_type": "bert"}')  # the project's own config, another model's
+    with pytest.raises(ValueError, match="holds no saved language model"):
+        pretrained.tiny_writer(mine)
+    assert (mine / "config.json").read_text() == '{"model_type": "bert"}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "tiny"]  # no staging folder left

@@ -39,14 +39,26 @@ def run_fresh(code: str, tmp_path: Path) -> str:
     return done.stdout
 
 
+RECORDS = {("llmimg.json", "files"), ("llmimg.json", "checksum")}
+
+
+def saved_before_manifests(folder: Path) -> Path:
+    """Make a saved pipeline folder look as saved before pipeline folders had an ``llmimg.json``."""
+    (folder / "llmimg.json").unlink()
+    index = json.loads((folder / "model_index.json").read_text())
+    del index["_llmimg_manifest"]
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
 def contents(folder: Path) -> dict[str, object]:
     """Every file's bytes; JSON files parsed, less ``_name_or_path`` (diffusers records where each part was loaded from)
-    and the manifest's checksums of those files (which differ with it)."""
+    and the manifest's checksums of those files (which differ with it), so its own checksum too."""
     out: dict[str, object] = {}
     for p in sorted(folder.rglob("*")):
         if p.suffix == ".json":
             out[str(p.relative_to(folder))] = {k: v for k, v in json.loads(p.read_text()).items()
-                                               if k != "_name_or_path" and (p.name, k) != ("llmimg.json", "files")}
+                                               if k != "_name_or_path" and (p.name, k) not in RECORDS}
         elif p.is_file():
             out[str(p.relative_to(folder))] = p.read_bytes()
     return out
@@ -95,7 +107,7 @@ def test_shapes_pipeline_loads_without_running_the_folders_code(saved, tmp_path)
     (copy / f"{module}.py").write_text("raise RuntimeError('ran the folder code')\n")
     with pytest.raises(CheckpointError, match=f"{module}.py has .* bytes, not the"):  # not the file that was saved
         ShapesPipeline.from_pretrained(copy)
-    (copy / "llmimg.json").unlink()  # as saved before the record: the changed file is not run either
+    saved_before_manifests(copy)  # as saved before the record: the changed file is not run either
     assert type(ShapesPipeline.from_pretrained(copy)) is ShapesPipeline
 
 
@@ -105,8 +117,7 @@ def test_save_load_save_round_trips(saved, tmp_path):
 
 
 def test_folders_saved_before_the_code_file_still_load(saved, tmp_path):
-    old = shutil.copytree(saved, tmp_path / "old")
-    (old / "llmimg.json").unlink()  # which those folders did not have either
+    old = saved_before_manifests(shutil.copytree(saved, tmp_path / "old"))  # which those folders did not have either
     index = json.loads((old / "model_index.json").read_text())
     (old / f"{index['_class_name'][0]}.py").unlink()
     index["_class_name"] = "ShapesPipeline"

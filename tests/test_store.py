@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from llmimg.core.folders import StorageError, current_umask, file_record, save_into, writing
+from llmimg.core.folders import StorageError, current_umask, file_record, json_says, save_into, writing
 from llmimg.core.loading import check_config
 from llmimg.core.store import (MANIFEST, CheckpointError, Manifest, cache_key, cached, read_manifest, save_model,
                                upstream_folder, write_manifest)
@@ -25,8 +25,12 @@ def toy_write(text: str):
         (folder / "weights.bin").write_text(text)
         (folder / "sub").mkdir()
         (folder / "sub" / "config.json").write_text(json.dumps({"v": text}))
-        (folder / "marker.json").write_text("{}")
+        (folder / "marker.json").write_text('{"kind": "toy"}')
     return write
+
+
+def TOY(folder: Path) -> bool:  # noqa: N802 -- the toy model's test of a folder it may write into
+    return json_says(folder / "marker.json", "kind", "toy")
 
 
 def tree(folder: Path) -> dict[str, str]:
@@ -36,14 +40,14 @@ def tree(folder: Path) -> dict[str, str]:
 # -- saving never removes what it did not write ------------------------------------------------
 def test_saving_into_a_new_folder_and_over_a_saved_model_keeps_the_users_files(tmp_path):
     target = tmp_path / "model"
-    save_into(target, toy_write("one"), markers=("marker.json",), what="toy model")
-    assert tree(target) == {"marker.json": "{}", "sub/config.json": '{"v": "one"}', "weights.bin": "one"}
+    save_into(target, toy_write("one"), markers=("marker.json",), what="toy model", holds=TOY)
+    assert tree(target) == {"marker.json": '{"kind": "toy"}', "sub/config.json": '{"v": "one"}', "weights.bin": "one"}
     assert target.stat().st_mode & 0o777 == 0o777 & ~current_umask()  # not the 0700 of a temporary folder
     (target / "notes.txt").write_text("mine")
     (target / "runs").mkdir()
     (target / "runs" / "log.txt").write_text("mine too")
-    save_into(target, toy_write("two"), markers=("marker.json",), what="toy model")
-    assert tree(target) == {"marker.json": "{}", "notes.txt": "mine", "runs/log.txt": "mine too",
+    save_into(target, toy_write("two"), markers=("marker.json",), what="toy model", holds=TOY)
+    assert tree(target) == {"marker.json": '{"kind": "toy"}', "notes.txt": "mine", "runs/log.txt": "mine too",
                             "sub/config.json": '{"v": "two"}', "weights.bin": "two"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging folder left
 
@@ -53,16 +57,20 @@ def test_a_folder_holding_something_else_is_refused_with_nothing_written(tmp_pat
     mine.mkdir()
     (mine / "important.txt").write_text("notes")
     with pytest.raises(ValueError, match="'.*mine' is not empty and holds no saved toy model.*nothing was written"):
-        save_into(mine, toy_write("one"), markers=("marker.json",), what="toy model")
+        save_into(mine, toy_write("one"), markers=("marker.json",), what="toy model", holds=TOY)
     assert tree(mine) == {"important.txt": "notes"}
+    (mine / "marker.json").write_text('{"kind": "another model"}')  # the marker's name alone is not enough
+    with pytest.raises(ValueError, match="holds no saved toy model"):
+        save_into(mine, toy_write("one"), markers=("marker.json",), what="toy model", holds=TOY)
+    assert tree(mine) == {"important.txt": "notes", "marker.json": '{"kind": "another model"}'}
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is a file, not a folder"):
-        save_into(tmp_path / "file", toy_write("one"), markers=("marker.json",), what="toy model")
+        save_into(tmp_path / "file", toy_write("one"), markers=("marker.json",), what="toy model", holds=TOY)
 
 
 def test_a_failed_save_leaves_the_old_model_and_the_users_files_as_they_were(tmp_path):
     target = tmp_path / "model"
-    save_into(target, toy_write("one"), markers=("marker.json",), what="toy model")
+    save_into(target, toy_write("one"), markers=("marker.json",), what="toy model", holds=TOY)
     (target / "notes.txt").write_text("mine")
     before = tree(target)
 
@@ -70,10 +78,10 @@ def test_a_failed_save_leaves_the_old_model_and_the_users_files_as_they_were(tmp
         (folder / "weights.bin").write_text("half")
         raise RuntimeError("crash while saving")
     with pytest.raises(RuntimeError, match="crash"):
-        save_into(target, failing, markers=("marker.json",), what="toy model")
+        save_into(target, failing, markers=("marker.json",), what="toy model", holds=TOY)
     assert tree(target) == before
     with pytest.raises(RuntimeError, match="crash"):
-        save_into(tmp_path / "new", failing, markers=("marker.json",), what="toy model")
+        save_into(tmp_path / "new", failing, markers=("marker.json",), what="toy model", holds=TOY)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # the new folder is gone again
 
 
@@ -127,13 +135,50 @@ def test_a_cache_that_cannot_be_written_names_the_cache_and_how_to_move_it(tmp_p
     assert not [p for p in (tmp_path / "smoke").iterdir() if p.suffix != ".lock"]
 
 
+def test_a_file_outside_the_cache_that_cannot_be_read_is_not_blamed_on_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMIMG_CACHE_DIR", str(tmp_path / "cache"))
+    data = tmp_path / "data.bin"
+
+    def build(out, work):
+        raise PermissionError(errno.EACCES, "Permission denied", str(data))
+    with pytest.raises(PermissionError, match="data.bin"):
+        cached(cache_key("toy", 1, {"a": 1}), build, profile="smoke")
+
+
 # -- the manifest records every file the save wrote, and loading checks it ---------------------------------
 def test_the_manifest_records_size_and_sha256_of_every_file_written(tmp_path):
     folder = save_model(tmp_path / "m", toy_write("one"), Manifest("toy", 1, {"a": 1}), "toy model")
     files = read_manifest(folder, "toy").files
     assert set(files) == {"weights.bin", "sub/config.json", "marker.json"}  # not the manifest itself
     assert files["weights.bin"] == {"size": 3, "sha256": hashlib.sha256(b"one").hexdigest()}
-    assert json.loads((folder / MANIFEST).read_text())["schema"] == 2
+    assert json.loads((folder / MANIFEST).read_text())["schema"] == 3
+
+
+def test_a_value_changed_in_the_manifest_is_a_checkpoint_error(tmp_path):
+    """A flipped digit in a value (guidance 3.0 read as 2.0) would change every image: the checksum catches it."""
+    folder = save_model(tmp_path / "m", toy_write("one"), Manifest("toy", 1, {"guidance_scale": 3.0}), "toy model")
+    text = (folder / MANIFEST).read_text()
+    assert read_manifest(folder, "toy").config == {"guidance_scale": 3.0}
+    (folder / MANIFEST).write_text(text.replace('"guidance_scale": 3.0', '"guidance_scale": 2.0'))
+    with pytest.raises(CheckpointError, match="'m' was changed after it was saved .*; retrain it"):
+        read_manifest(folder, "toy", "retrain it")
+    data = json.loads(text)
+    del data["files"]  # schema 3 always records its files: without them nothing would be verified
+    (folder / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="'files' is missing"):
+        read_manifest(folder, "toy")
+
+
+def test_a_manifest_saved_before_its_checksum_still_loads_with_its_files_checked(tmp_path):
+    """Schema 2 (saved before the manifest checked itself): the files are verified, the values cannot be."""
+    folder = save_model(tmp_path / "m", toy_write("one"), Manifest("toy", 1, {"a": 1}), "toy model")
+    data = json.loads((folder / MANIFEST).read_text())
+    del data["checksum"]
+    (folder / MANIFEST).write_text(json.dumps({**data, "schema": 2}))
+    assert read_manifest(folder, "toy").config == {"a": 1}
+    (folder / "weights.bin").write_text("two")
+    with pytest.raises(CheckpointError, match="is damaged"):
+        read_manifest(folder, "toy")
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -240,3 +285,12 @@ def test_write_manifest_records_what_is_in_the_folder(tmp_path):
     (tmp_path / "a.txt").write_text("a")
     write_manifest(tmp_path, Manifest("toy", 1, {}))
     assert set(read_manifest(tmp_path).files) == {"a.txt"}
+
+
+def test_a_stage_is_never_saved_over_another_stage(tmp_path):
+    """A CLIP saved into the folder of an LLM would replace the LLM's manifest and weights: refused."""
+    llm = save_model(tmp_path / "m", toy_write("llm"), Manifest("llm", 1, {}), "LLM")
+    before = tree(llm)
+    with pytest.raises(ValueError, match="holds no saved CLIP.*nothing was written"):
+        save_model(llm, toy_write("clip"), Manifest("clip", 1, {}), "CLIP")
+    assert tree(llm) == before

@@ -128,10 +128,12 @@ def _load_pipeline(args: argparse.Namespace) -> ShapesPipeline:
 def generate_command(args: argparse.Namespace) -> int:
     """``llmimg generate``: check the arguments, load the pipeline, draw every image, then write them all."""
     from llmimg.core.seeding import torch_generator
-    from llmimg.core.text import check_unicode
+    from llmimg.core.text import check_unicode, normalise_prompt, train_tokenizer
     from llmimg.pipelines.shapes import DEFAULT_SCHEDULER, DEFAULT_STEPS
 
     check_unicode(args.prompt)  # the words are checked by the pipeline's own tokenizer, once it is loaded
+    if args.pipeline is None:  # the profile's pipeline may be trained first: a prompt it cannot take is refused now
+        normalise_prompt(train_tokenizer(), args.prompt)
     files = _output_files(args.output, args.batch)
 
     steps, scheduler = args.steps or DEFAULT_STEPS, args.scheduler or DEFAULT_SCHEDULER

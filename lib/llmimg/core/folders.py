@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -112,8 +113,17 @@ def _clear(folder: Path) -> None:
             entry.unlink(missing_ok=True)
 
 
+def json_says(path: Path, key: str, *values: Any) -> bool:
+    """Whether the JSON file ``path`` is an object whose ``key`` is one of ``values`` (False if unreadable)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and key in data and data[key] in values
+
+
 def save_into(target: str | os.PathLike, write: Callable[[Path], object], *, markers: Sequence[str],
-              what: str) -> Path:
+              what: str, holds: Callable[[Path], bool]) -> Path:
     """Save a model into the folder ``target`` with ``write(folder)``, replacing only the entries it writes.
 
     ``markers`` are the files that make a folder a complete model, in the order they
@@ -121,7 +131,8 @@ def save_into(target: str | os.PathLike, write: Callable[[Path], object], *, mar
     ``model_index.json``). A new ``target`` is written in a staging folder beside it and
     renamed into place whole. An empty one is written directly (emptied again if the
     write fails; ``write`` should write the markers last). A ``target`` holding a model
-    of this kind (its last marker) gets the new entries through a staging folder: the
+    of this kind (``holds(target)``, which reads its markers: another model's folder is
+    not one to write into) gets the new entries through a staging folder: the
     old markers go first, the other entries replace their namesakes one by one, the
     markers come last, so a crash in between leaves no folder that looks complete. A
     non-empty ``target`` without the marker is refused with a ``ValueError`` before
@@ -132,7 +143,7 @@ def save_into(target: str | os.PathLike, write: Callable[[Path], object], *, mar
     if target.exists() and not target.is_dir():
         raise ValueError(f"{str(target)!r} is a file, not a folder: save the {what} into a folder")
     occupied = target.is_dir() and any(target.iterdir())
-    if occupied and not (target / markers[-1]).is_file():
+    if occupied and not ((target / markers[-1]).is_file() and holds(target)):
         raise ValueError(f"the folder {str(target)!r} is not empty and holds no saved {what}: "
                          "save into a new or empty folder (nothing was written)")
     with writing(target, f"the {what}"):
@@ -164,8 +175,6 @@ def _move_entries(source: Path, target: Path, markers: Sequence[str]) -> None:
     entries = sorted(source.iterdir(), key=lambda p: markers.index(p.name) + 1 if p.name in markers else 0)
     old = source / ".replaced"  # the namesakes the new entries replace: removed with the staging folder
     for entry in entries:
-        if entry == old:
-            continue
         destination = target / entry.name
         if destination.is_symlink() or (destination.exists() and (destination.is_dir() or entry.is_dir())):
             old.mkdir(exist_ok=True)
@@ -270,4 +279,5 @@ def verify_files(folder: str | os.PathLike, files: Mapping[str, Mapping[str, Any
 
 
 __all__ = ["StorageError", "WRITE_FAILURES", "atomic_directory", "atomic_write", "check_records", "current_umask",
-           "file_record", "file_records", "first_line", "save_into", "verify_files", "write_failure", "writing"]
+           "file_record", "file_records", "first_line", "json_says", "save_into", "verify_files", "write_failure",
+           "writing"]

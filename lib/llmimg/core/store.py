@@ -36,16 +36,16 @@ from typing import Any
 import torch
 
 # atomic_write and atomic_directory live with the other folder writers; they are imported from here as well.
-from llmimg.core.folders import (StorageError, atomic_directory, atomic_write, check_records, file_records, save_into,
-                                 verify_files, write_failure)
+from llmimg.core.folders import (StorageError, atomic_directory, atomic_write, check_records, file_records, json_says,
+                                 save_into, verify_files, write_failure)
 
 MANIFEST = "llmimg.json"
 
 
 # The manifest's own layout. 2 added ``files``; a manifest of schema 1 (saved before) has no
 # record to check and still loads.
-SCHEMA = 2
-READABLE_SCHEMAS = (1, 2)
+SCHEMA = 3
+READABLE_SCHEMAS = (1, 2, 3)
 
 
 class CheckpointError(RuntimeError):
@@ -102,7 +102,8 @@ class Manifest:
     ``seconds`` the training time; ``curve`` scores measured along training; ``metrics``
     the evaluation after training; ``extra`` anything a stage adds (e.g. a distilled
     student's phases); ``files`` the size and SHA-256 of every file the save wrote, by
-    path relative to the folder (:func:`write_manifest` fills it in).
+    path relative to the folder (:func:`write_manifest` fills it in). The JSON also holds
+    the SHA-256 of all these fields (``checksum``), so a changed value is caught as damage.
     """
 
     stage: str
@@ -117,7 +118,8 @@ class Manifest:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps({"schema": SCHEMA, **asdict(self)}, indent=1, sort_keys=True)
+        data = {"schema": SCHEMA, **asdict(self)}
+        return json.dumps({**data, "checksum": _checksum(data)}, indent=1, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str, where: str = "the manifest") -> Manifest:
@@ -131,7 +133,7 @@ class Manifest:
                                   f"{' or '.join(map(str, READABLE_SCHEMAS))})")
         types = {"stage": str, "format": int, "config": dict, "upstream": dict, "history": list,
                  "curve": list, "metrics": dict, "extra": dict, "files": dict}
-        unknown = sorted(set(data) - set(types) - {"schema", "seconds"})
+        unknown = sorted(set(data) - set(types) - {"schema", "seconds", "checksum"})
         if unknown:
             raise CheckpointError(f"{where} has fields no manifest has: {', '.join(map(repr, unknown))}")
         for name, kind in types.items():
@@ -146,7 +148,18 @@ class Manifest:
             raise CheckpointError(f"{where}: 'seconds' is not a number")
         if "files" in data and (problem := check_records(data["files"])):
             raise CheckpointError(f"{where}: {problem}")
-        return cls(**{k: v for k, v in data.items() if k != "schema"})
+        if data["schema"] >= 3:  # since schema 3 the manifest checks itself: a changed value is damage too
+            if "files" not in data:
+                raise CheckpointError(f"{where}: 'files' is missing")
+            body = {k: v for k, v in data.items() if k != "checksum"}
+            if data.get("checksum") != _checksum(body):
+                raise CheckpointError(f"{where} was changed after it was saved (its checksum does not match)")
+        return cls(**{k: v for k, v in data.items() if k not in ("schema", "checksum")})
+
+
+def _checksum(data: dict[str, Any]) -> str:
+    """SHA-256 of a manifest's fields (all but the checksum itself), written canonically."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def write_manifest(path: str | os.PathLike, manifest: Manifest) -> None:
@@ -168,7 +181,8 @@ def read_manifest(path: str | os.PathLike, stage: str | None = None, fix: str = 
     missing or changed since it was saved) is a :class:`CheckpointError` naming the
     folder; ``fix`` says how to make it again (``"retrain it with `llmimg train clip
     --force`"``). A folder saved before the record existed (schema 1) has nothing to
-    verify and loads as before.
+    verify and loads as before; one saved before the manifest's own checksum (schema 2)
+    has its files verified but not the manifest's values.
     """
     path = Path(path)
     tail = f"; {fix}" if fix else ""
@@ -204,7 +218,8 @@ def save_model(path: str | os.PathLike, write: Callable[[Path], object], manifes
         write(folder)
         write_manifest(folder, manifest)
 
-    return save_into(path, write_all, markers=(MANIFEST,), what=what)
+    return save_into(path, write_all, markers=(MANIFEST,), what=what,
+                     holds=lambda folder: json_says(folder / MANIFEST, "stage", manifest.stage))
 
 
 def upstream_folder(path: str | os.PathLike, manifest: Manifest, stage: str) -> Path:
@@ -282,7 +297,10 @@ def _writing_cache(root: Path, name: str) -> Iterator[None]:
         yield
     except Exception as err:
         failure = write_failure(err)
-        if failure is None:
+        # A file outside the cache (a data file read while training) is not the cache's to blame.
+        elsewhere = isinstance(err, OSError) and isinstance(err.filename, (str, bytes)) \
+            and root.resolve() not in Path(os.fsdecode(err.filename)).resolve().parents
+        if failure is None or elsewhere:
             raise
         from llmimg.core.config import CACHE_ENV, cache_origin
 

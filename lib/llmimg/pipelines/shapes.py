@@ -44,7 +44,7 @@ from llmimg.core.checks import check_outputs, check_sampling, prompt_list
 from llmimg.core.config import Profile, get_profile
 from llmimg.core.data import ShapesWorld
 from llmimg.core.evaluation import shapes_eval, standard_error
-from llmimg.core.folders import first_line, save_into
+from llmimg.core.folders import first_line, json_says, save_into
 from llmimg.core.store import MANIFEST, CheckpointError, Manifest, quiet_libraries, read_manifest, write_manifest
 from llmimg.core.text import CONTEXT_LENGTH, normalise_prompt
 from llmimg.pipelines.common import STAGES, PipelineOutput, StageTimer
@@ -222,10 +222,13 @@ class ShapesPipeline(DiffusionPipeline):
             index_file = folder / "model_index.json"
             index = json.loads(index_file.read_text(encoding="utf-8"))
             index["_class_name"] = [CODE_MODULE, "ShapesPipeline"]
+            index["_llmimg_manifest"] = MANIFEST  # so a folder that lost its manifest is refused, not read as old
             index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
             write_manifest(folder, Manifest("pipeline", FORMAT, dict(self.config.stage_configs)))
 
-        save_into(save_directory, write, markers=(MANIFEST, "model_index.json"), what="pipeline")
+        save_into(save_directory, write, markers=(MANIFEST, "model_index.json"), what="pipeline",
+                  holds=lambda folder: json_says(folder / "model_index.json", "_class_name",
+                                                 [CODE_MODULE, "ShapesPipeline"], "ShapesPipeline"))
 
     @classmethod
     def load_config(cls, *args: Any, **kwargs: Any) -> Any:
@@ -253,7 +256,7 @@ class ShapesPipeline(DiffusionPipeline):
         if not (path / "model_index.json").is_file():
             what = "does not exist" if not path.exists() else "has no model_index.json"
             raise CheckpointError(f"the pipeline folder {path.name!r} {what}; {RETRAIN}")
-        if (path / MANIFEST).is_file():
+        if (path / MANIFEST).is_file() or json_says(path / "model_index.json", "_llmimg_manifest", MANIFEST):
             read_manifest(path, "pipeline", RETRAIN)
         check_index(path, RETRAIN)
         try:

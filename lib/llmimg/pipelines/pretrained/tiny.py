@@ -20,12 +20,13 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerFast
 
 from llmimg.core import seeding
-from llmimg.core.folders import save_into
+from llmimg.core.folders import json_says, save_into
 from llmimg.core.store import quiet_libraries, save_tensors
 from llmimg.pipelines.pretrained.models import PretrainedConfig
 from llmimg.pipelines.pretrained.pipeline import PretrainedPipeline, load
@@ -95,7 +96,7 @@ def tiny_writer(folder: str | os.PathLike, kind: str = "chat", seed: int = 0) ->
                                                         num_heads=2, eos_token_id=eos, pad_token_id=pad,
                                                         decoder_start_token_id=pad))
     return _save(folder, lambda out: (model.save_pretrained(out), tokenizer.save_pretrained(out)), "config.json",
-                 "language model")
+                 "language model", "model_type", model.config.model_type)
 
 
 def _tiny_clip(folder: Path, seed: int) -> Path:
@@ -109,7 +110,7 @@ def _tiny_clip(folder: Path, seed: int) -> Path:
         (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": CLIP_CONFIG, "preprocess_cfg": {}},
                                                               indent=1))
 
-    return _save(folder, write, "open_clip_config.json", "CLIP")
+    return _save(folder, write, "open_clip_config.json", "CLIP", "model_cfg", CLIP_CONFIG)
 
 
 def _tiny_generator(folder: Path, seed: int) -> Path:
@@ -141,17 +142,20 @@ def _tiny_generator(folder: Path, seed: int) -> Path:
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    return _save(folder, pipe.save_pretrained, "model_index.json", "image generator")
+    return _save(folder, pipe.save_pretrained, "model_index.json", "image generator", "_class_name",
+                 type(pipe).__name__)
 
 
-def _save(folder: str | os.PathLike, write: Callable[[Path], object], marker: str, what: str) -> Path:
+def _save(folder: str | os.PathLike, write: Callable[[Path], object], marker: str, what: str, key: str,
+          value: Any) -> Path:
     """Write a model folder as the stages' saves do (:func:`~llmimg.core.folders.save_into`).
 
     A new or empty ``folder`` is written directly; one holding such a model before (its
-    ``marker`` file) gets the new files in place of the old ones, the user's other files
-    kept; any other non-empty folder is refused, with nothing written.
+    ``marker`` file, a JSON object whose ``key`` is ``value``) gets the new files in place
+    of the old ones, the user's other files kept; any other non-empty folder is refused,
+    with nothing written.
     """
-    return save_into(folder, write, markers=(marker,), what=what)
+    return save_into(folder, write, markers=(marker,), what=what, holds=lambda f: json_says(f / marker, key, value))
 
 
 def tiny_components(folder: str | os.PathLike, seed: int = 0) -> PretrainedConfig:

@@ -211,8 +211,10 @@ class ShapesGenerator:
         """
         from diffusers import DDPMScheduler, UNet2DConditionModel
 
-        fix = f"retrain it with `{RETRAIN if stage == STAGE else f'llmimg train {stage} --force'}`"
-        path = require_folder(path, REQUIRED_FILES, "a generator checkpoint", RETRAIN)
+        # A student is made again with its own number of steps (N), which only its manifest knows.
+        retrain = RETRAIN if stage == STAGE else f"llmimg train {stage} --steps N --force"
+        fix = f"retrain it with `{retrain}`"
+        path = require_folder(path, REQUIRED_FILES, "a generator checkpoint", retrain)
         manifest = read_manifest(path, stage, fix)
         try:
             config = GeneratorConfig.from_dict(manifest.config)
