@@ -11,6 +11,7 @@
     llmimg eval {clip,llm,generator,pipeline,joint} [--profile P] [--n N] [--json]
     llmimg experiment generator-recipes [--profile P] [--only NAME ...] [--steps N] [--json]
     llmimg experiment seed-spread [--profile P] [--seeds S ...] [--json]
+    llmimg experiment reranking [--profile P] [--world trained|tiny] [--prompts N] [--candidates K] [--json]
 
 Every failure ends with a one-line message and exit status 1 (130 for Ctrl-C), never a
 traceback: :func:`llmimg.cli.errors.error_line` is the one place that words it, naming

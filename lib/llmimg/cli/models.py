@@ -128,6 +128,8 @@ def eval_command(args: argparse.Namespace) -> int:
 def experiment_command(args: argparse.Namespace) -> int:
     from llmimg.research import recipes, seed_spread
 
+    if args.name == "reranking":
+        return _reranking(args)
     if args.name == "seed-spread":
         record = seed_spread.run(args.profile, args.seeds, progress=not args.no_progress)
         if args.json:
@@ -148,4 +150,22 @@ def experiment_command(args: argparse.Namespace) -> int:
         print(f"  {name:>24}: {r['steps']} steps in {r['train_seconds'] or float('nan'):.0f} s, all-correct "
               f"{last.get('all_correct', float('nan')):.3f} on {last.get('n', 0)} one-object and "
               f"{two.get('all_correct', float('nan')):.3f} on {two.get('n', 0)} two-object val descriptions")
+    return 0
+
+
+def _reranking(args: argparse.Namespace) -> int:
+    from llmimg.research import reranking
+
+    record = reranking.run(args.profile, world=args.world, n_prompts=args.prompts, n_candidates=args.candidates,
+                           progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(record))
+        return 0
+    print(f"recorded in {_shown(reranking.results_path(args.profile, args.world), where='')} "
+          f"({record['minutes']} min, {args.world} world)")
+    for name, row in record["rows"].items():
+        print(f"  {name:>7}: all-correct {row['all_correct']:.3f} ± {row['all_correct_se']:.3f} on {row['n']} "
+              f"prompts  ({reranking.ROWS[name]})")
+    for line in record["paired"].values():
+        print(f"  {line['sentence']}")
     return 0

@@ -169,15 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    experiment = commands.add_parser("experiment", help="run a recorded experiment (recipe search, seed spread)",
+    experiment = commands.add_parser("experiment", help="run a recorded experiment (recipe search, seed spread, "
+                                     "re-ranking)",
                                      description="generator-recipes: train each generator recipe (the default with "
                                      "a few fields changed) and record its ShapesEval learning curve in "
                                      "data/experiments/generator-recipes-<profile>.json; notebook 05 shows it. "
-                                     "seed-spread: retrain each stage at other seeds and record its headline numbers.")
-    experiment.add_argument("name", choices=("generator-recipes", "seed-spread"),
+                                     "seed-spread: retrain each stage at other seeds and record its headline numbers. "
+                                     "reranking: the pretrained pipeline's re-ranking modes judged by ShapesEval "
+                                     "(data/experiments/reranking-<profile>.json; notebook 09 shows it).")
+    experiment.add_argument("name", choices=("generator-recipes", "seed-spread", "reranking"),
                             help="generator-recipes: the generator recipe search; seed-spread: each stage retrained "
                                  "at --seeds and evaluated (recorded in data/experiments/seed-spread-<profile>"
-                                 ".json; the reference tolerances use it)")
+                                 ".json; the reference tolerances use it); reranking: no re-ranking, the text's "
+                                 "and the image's CLIP similarity to the prompt, and the prompt alone, on the same "
+                                 "prompts and noise")
     _add_profile(experiment, "model size and training length")
     experiment.add_argument("--only", nargs="+", metavar="RECIPE", help="run only these recipes (quote names "
                             "with spaces; default: all)")
@@ -185,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
                             help="seed-spread: training seeds (default 0 1 2; 0 is the profile's own model)")
     experiment.add_argument("--steps", type=_positive(1_000_000), default=None,
                             help="optimiser steps for every recipe (default: the profile's)")
+    experiment.add_argument("--world", choices=("trained", "tiny"), default="trained",
+                            help="reranking: the pretrained pipeline on models trained on ShapesWorld (default), or "
+                                 "on tiny random ones (the code path only; recorded apart: reranking-<profile>-tiny)")
+    experiment.add_argument("--prompts", type=_positive(100_000), default=None,
+                            help="reranking: ShapesWorld prompts to draw (default: the profile's)")
+    experiment.add_argument("--candidates", type=_positive(64), default=None,
+                            help="reranking: the LLM's candidates per prompt, at least 2 (default: the profile's)")
     experiment.add_argument("--json", action="store_true", help="print the whole record as one JSON object")
     experiment.add_argument("--no-progress", action="store_true", help="no progress bars")
 

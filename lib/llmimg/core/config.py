@@ -103,6 +103,8 @@ SIZES: dict[str, tuple[Any, Any, Any]] = {
     "joint.checkpoint_every": (100, 100, 500),
     "joint.start_eval_n": (8, 100, 200),
     "joint.eval_n": (16, 256, 1000),
+    "reranking.n_prompts": (4, 300, 1000),  # prompts drawn by every re-ranking mode (notebook 09)
+    "reranking.n_candidates": (2, 4, 4),  # the LLM's candidates per prompt, as the pretrained pipeline writes
 }
 
 

@@ -8,6 +8,8 @@
   (notebook 07, claim 4)
 * ``recipes``: which generator recipe learns fastest? (notebook 05)
 * ``seed_spread``: how far do the headline numbers move with the training seed?
+* ``reranking``: what should the pretrained pipeline's verifier compare: a candidate's text or
+  its image with the prompt? (notebook 09)
 
 Records of long runs go to :func:`llmimg.core.config.experiments_dir`, never into the package.
 """

@@ -7,8 +7,10 @@
   GenEval-style: all-correct rate, count accuracy and per-attribute accuracy over the
   attributes each prompt states. :func:`judge_accuracy_on_real` gives the judge's
   ceiling on real images.
-* :func:`standard_error` gives every rate its error bar; :func:`compare_rates` says whether
-  two rates differ by the course's rule (two standard errors of the difference).
+* :func:`standard_error` and :func:`rate_with_se` give every rate its error bar;
+  :func:`compare_rates` says whether two rates of independent trials differ by the course's
+  rule (two standard errors of the difference), and :func:`paired_difference` does so for two
+  settings scored on the same items (paired standard error, exact McNemar test).
 * :func:`clip_score`, :func:`cmmd` and :func:`frechet_distance` compute CLIP-space
   metrics from embeddings.
 """
@@ -24,8 +26,10 @@ from llmimg.core.evaluation.shapes_eval import (
     score_image,
     shapes_eval,
 )
-from llmimg.core.evaluation.statistics import compare_rates, standard_error
+from llmimg.core.evaluation.statistics import (PairedDifference, Rate, compare_rates, mcnemar_p, paired_difference,
+                                               rate_with_se, standard_error)
 
-__all__ = ["ATTRIBUTE_NAMES", "Detection", "ImageScore", "JudgedImage", "ObjectMatch", "ShapesEvalResult",
-           "as_image_batch", "clip_score", "cmmd", "compare_rates", "frechet_distance", "judge",
-           "judge_accuracy_on_real", "judge_images", "score_image", "shapes_eval", "standard_error"]
+__all__ = ["ATTRIBUTE_NAMES", "Detection", "ImageScore", "JudgedImage", "ObjectMatch", "PairedDifference", "Rate",
+           "ShapesEvalResult", "as_image_batch", "clip_score", "cmmd", "compare_rates", "frechet_distance", "judge",
+           "judge_accuracy_on_real", "judge_images", "mcnemar_p", "paired_difference", "rate_with_se",
+           "score_image", "shapes_eval", "standard_error"]

@@ -34,6 +34,7 @@ from llmimg.core import seeding
 from llmimg.core.config import get_device
 from llmimg.core.sampling import RowSampler
 from llmimg.core.store import CheckpointError
+from llmimg.pipelines.pretrained.rerank import check_rerank
 
 # The hub commit each known model is loaded at, so a notebook run today and in a year gets the same weights.
 # Sources: sd-turbo's head commit b261bac (huggingface.co/stabilityai/sd-turbo/tree/main; the full hash from
@@ -69,7 +70,10 @@ class PretrainedConfig:
     Each model is a hub id (loaded at its revision: by default the pinned one of
     :data:`REVISIONS`, else "main") or a local folder. :meth:`preset` picks them by
     short name from :data:`LLMS` and :data:`GENERATORS`. ``num_candidates`` descriptions
-    are written per prompt and CLIP keeps the one closest to the prompt.
+    are written per prompt and ``rerank`` says how one is kept (see
+    :mod:`~llmimg.pipelines.pretrained.rerank`): ``"text"``, the one whose text CLIP finds
+    closest to the prompt; ``"image"``, the one whose image CLIP finds closest (best-of-n);
+    ``"none"``, the first (only one is written).
     """
 
     clip_model: str = "ViT-B-32"
@@ -84,6 +88,10 @@ class PretrainedConfig:
     num_candidates: int = 4
     max_new_tokens: int = 77
     temperature: float = 0.7
+    rerank: str = "text"
+
+    def __post_init__(self) -> None:
+        check_rerank(self.rerank)
 
     @classmethod
     def preset(cls, llm: str = "qwen2.5-0.5b", generator: str = "sd-turbo", **overrides: Any) -> PretrainedConfig:
