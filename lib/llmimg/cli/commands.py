@@ -96,7 +96,7 @@ def data_command(args: argparse.Namespace) -> int:
 
 
 def eval_sets_command(args: argparse.Namespace) -> int:
-    """``llmimg data eval-sets``: write the protocol's prompt sets, or (--check) compare the files with a regeneration."""
+    """``llmimg data eval-sets``: write the protocol's prompt sets, or (--check) compare them with a regeneration."""
     from llmimg.core.evaluation.protocol import EVAL_SPLITS, eval_set_path, make_eval_set, write_eval_sets
 
     if not args.check:

@@ -102,8 +102,8 @@ class EvalSet:
                 raise ValueError(f"it is version {data.get('version')}, this library reads version {VERSION}; "
                                  "regenerate it with 'llmimg data eval-sets'")
             k = int(data["images_per_prompt"])
-            items = tuple(EvalItem(str(i["id"]), str(i["category"]), str(i["prompt"]), tuple(int(s) for s in i["seeds"]))
-                          for i in data["items"])
+            items = tuple(EvalItem(str(i["id"]), str(i["category"]), str(i["prompt"]),
+                                   tuple(int(s) for s in i["seeds"])) for i in data["items"])
             for item in items:
                 if item.category not in CATEGORIES or len(item.seeds) != k:
                     raise ValueError(f"item {item.id!r} has category {item.category!r} and {len(item.seeds)} seeds")
@@ -214,7 +214,7 @@ class ProtocolScore:
     overall: Rate
 
     def per_image(self, category: str | None = None) -> np.ndarray:
-        """The 0/1 result of every image (of ``category``, or all), item by item, seed by seed: a paired test's input."""
+        """Every image's 0/1 result (of ``category``, or all), item by item, seed by seed: a paired test's input."""
         if category is None:
             return self.correct.reshape(-1).copy()
         if category not in CATEGORIES:
@@ -223,7 +223,7 @@ class ProtocolScore:
         return self.correct[rows].reshape(-1).copy()
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain values for JSON, under documented keys: ``overall`` and ``categories`` → {rate, se, n_images, n_prompts}."""
+        """Plain values for JSON; ``overall`` and each of ``categories`` hold rate, se, n_images and n_prompts."""
         return {"protocol": PROTOCOL, "version": self.version, "split": self.split,
                 "overall": self.overall.as_dict(), "overall_of": list(GENEVAL_CATEGORIES),
                 "categories": {c: r.as_dict() for c, r in self.per_category.items()}}

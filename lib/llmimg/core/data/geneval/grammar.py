@@ -121,7 +121,7 @@ class PromptScene:
 
     @property
     def slots(self) -> tuple[int, ...]:
-        """The group of each object the prompt asks for, group by group: (0, 1, 1, 1) for 'a cross and three circles'."""
+        """The group of each object the prompt asks for, in order: (0, 1, 1, 1) for 'a cross and three circles'."""
         return tuple(k for k, g in enumerate(self.groups) for _ in range(g.count))
 
 
@@ -227,7 +227,8 @@ def parse_geneval_prompt(text: str) -> PromptScene:
                 raise ParseError(f"object {len(groups)}: a cell and a relation in one clause; give one or the other")
             other, i = _read_group(words, j, len(groups) + 1)
             if other.position is not None:
-                raise ParseError(f"object {len(groups) + 1}: a cell and a relation in one clause; give one or the other")
+                raise ParseError(f"object {len(groups) + 1}: a cell and a relation in one clause; "
+                                 "give one or the other")
             relations.append(Relation(len(groups) - 1, relation, len(groups)))
             groups.append(other)
         if i == len(words):
