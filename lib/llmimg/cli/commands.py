@@ -1,5 +1,5 @@
 """The commands that run notebooks, draw images and measure speed: ``reproduce``, ``data preview``,
-``generate`` and ``bench``."""
+``data eval-sets``, ``generate`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -88,6 +88,31 @@ def reproduce_command(args: argparse.Namespace) -> int:
         print(reference.format_table(rows))
         return 0 if all(r.ok for r in rows) else 1
     return 0
+
+
+def data_command(args: argparse.Namespace) -> int:
+    """``llmimg data ACTION``: hand over to the action's command."""
+    return eval_sets_command(args) if args.data_command == "eval-sets" else preview_command(args)
+
+
+def eval_sets_command(args: argparse.Namespace) -> int:
+    """``llmimg data eval-sets``: write the protocol's prompt sets, or (--check) compare them with a regeneration."""
+    from llmimg.core.evaluation.protocol import EVAL_SPLITS, eval_set_path, make_eval_set, write_eval_sets
+
+    if not args.check:
+        for path in write_eval_sets(args.output_dir):
+            print(f"wrote {path}")
+        return 0
+    differ = []
+    for split in EVAL_SPLITS:
+        path = eval_set_path(split, args.output_dir)
+        if not path.is_file() or path.read_text(encoding="utf-8") != make_eval_set(split).to_json():
+            differ.append(f"{path} {'is missing' if not path.is_file() else 'differs from the regeneration'}")
+    for line in differ:
+        print(line)
+    if not differ:
+        print(f"the prompt sets ({', '.join(EVAL_SPLITS)}) equal their regeneration")
+    return 1 if differ else 0
 
 
 def preview_command(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@
     llmimg reproduce [--profile P] [--only NB ... | --changed-since REV] [--write-back]
                      [--check | --check-only] [--write-reference]
     llmimg data preview --n N --seed S [--split SPLIT] [--caption prompt|description] -o FILE.png
+    llmimg data eval-sets [-o DIR] [--check]
     llmimg generate "PROMPT" [--steps N] [--guidance G] [--scheduler NAME] [--no-llm] [--seed S]
                     [--batch B] [--profile P | --pipeline DIR] -o FILE.png [--json]
     llmimg bench [--profile P] [--quality-n N] [--no-pipeline] [--no-compile] [--json]
@@ -40,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     config.pin_folders()  # a relative $LLMIMG_CACHE_DIR means this folder, for every notebook and process started
-    handler = {"reproduce": commands.reproduce_command, "data": commands.preview_command,
+    handler = {"reproduce": commands.reproduce_command, "data": commands.data_command,
                "generate": commands.generate_command, "bench": commands.bench_command,
                "train": models.train_command, "eval": models.eval_command,
                "experiment": models.experiment_command}[args.command]

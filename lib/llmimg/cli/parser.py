@@ -142,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--caption", choices=("prompt", "description"), default="prompt")
     preview.add_argument("--cols", type=_positive(64), default=4, help="samples per row (default 4)")
     preview.add_argument("-o", "--output", required=True, type=Path, help="PNG file to write")
+    sets = data_cmds.add_parser("eval-sets", help="write the evaluation protocol's prompt sets (data/eval/*.json)",
+                                description="Regenerate the GenEval-shaped world's fixed prompt sets, one file per "
+                                "split (val.json, heldout.json), from the function that defines them; with --check, "
+                                "write nothing and exit 1 if the files there differ from the regeneration.")
+    sets.add_argument("-o", "--output-dir", type=Path, default=None, metavar="DIR",
+                      help="folder of the files (default: the checkout's data/eval)")
+    sets.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on any difference")
 
     _add_generate(commands)
 

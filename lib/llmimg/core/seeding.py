@@ -46,6 +46,10 @@ PURPOSES: dict[str, int] = {
     "eval": 10,  # draws an evaluation makes (e.g. the oracle upsampler it compares with)
     "reward": 11,  # the rollouts of reinforcement-learning step `index`
     "tasks": 12,  # which rows of joint-training batch `index` caption and which upsample
+    "geneval.train": 13,  # sample number `index` of a split of the opt-in GenEval-shaped world (issue 26)
+    "geneval.val": 14,
+    "geneval.heldout": 15,
+    "protocol": 16,  # prompt `index` of the evaluation protocol's committed prompt sets
 }
 
 

@@ -108,6 +108,43 @@ def train_tokenizer(texts: Iterable[str] | None = None,
     )
 
 
+GENEVAL_CONTEXT_LENGTH = 40  # four fully described objects take 35 words, plus <bos> and <eos>
+
+
+def geneval_words() -> tuple[str, ...]:
+    """Every word of the GenEval-shaped world's prompts and descriptions (issue 26), sorted."""
+    from llmimg.core.data import ATTRIBUTES
+    from llmimg.core.data.geneval import NUMBERS, PLURALS, RELATION_PHRASES
+
+    words = {"a", "an", "and", "in", "the", *NUMBERS, *PLURALS.values(),
+             *(w for phrase in RELATION_PHRASES.values() for w in phrase.split()),
+             *(w for values in ATTRIBUTES.values() for v in values for w in v.split())}
+    return tuple(sorted(words))
+
+
+def geneval_texts(n: int = 2_000, seed: int = 0) -> list[str]:
+    """Descriptions and prompts of ``n`` training samples of the GenEval-shaped world: its tokenizer's corpus."""
+    from llmimg.core.data.geneval import GenEvalWorld
+
+    texts = []
+    for sample in GenEvalWorld(seed=seed).samples(n, "train"):
+        texts += [sample.description, sample.prompt]
+    return texts
+
+
+def train_geneval_tokenizer(texts: Iterable[str] | None = None,
+                            context_length: int = GENEVAL_CONTEXT_LENGTH) -> PreTrainedTokenizerFast:
+    """The opt-in tokenizer of the GenEval-shaped world: :func:`train_tokenizer` on its texts, every word included.
+
+    Counts ("three"), plurals ("circles") and relations ("to the left of") join today's
+    words, and the context grows to :data:`GENEVAL_CONTEXT_LENGTH` for four described
+    objects. One line of every word of :func:`geneval_words` joins the corpus, so no word
+    a prompt of the held-out split uses is missing. The default tokenizer is unchanged.
+    """
+    corpus = list(texts if texts is not None else geneval_texts()) + [" ".join(geneval_words())]
+    return train_tokenizer(corpus, context_length=context_length)
+
+
 def for_text_generation(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
     """A copy of ``tokenizer`` for transformers' ``pipeline("text-generation")``, which continues a prompt.
 
