@@ -15,7 +15,8 @@ from llmimg.core.data.geneval import CATEGORIES, GENEVAL_CATEGORIES, GenEvalWorl
 from llmimg.core.evaluation.geneval_judge import judge_accuracy_on_renders, judge_layouts, prompts_followed
 from llmimg.core.evaluation.protocol import (EVAL_SPLITS, IMAGES_PER_PROMPT, PROMPTS_PER_CATEGORY, EvalItem, EvalSet,
                                              eval_set_path, judge_protocol, load_eval_set, make_eval_set,
-                                             paired_arrays, score_protocol, write_eval_sets)
+                                             compare_settings, paired_arrays, score_protocol,
+                                             write_eval_sets)
 
 WORLD = GenEvalWorld()
 
@@ -173,6 +174,21 @@ def test_per_image_arrays_pair_two_settings_drawn_on_the_same_set():
     other = score_protocol(make_eval_set("val", 2, 2), np.ones(28))
     with pytest.raises(ValueError, match="cannot be paired"):
         paired_arrays(a, other)
+
+
+def test_settings_are_compared_prompt_by_prompt_with_the_two_standard_error_rule():
+    s = _tiny_set()  # 14 prompts, 2 images each
+    a_correct, b_correct = np.ones((len(s), 2)), np.ones((len(s), 2))
+    b_correct[:6] = 0  # b misses every image of the first six prompts
+    a, b = score_protocol(s, a_correct), score_protocol(s, b_correct)
+    d = compare_settings(a, b)
+    diffs = np.r_[np.ones(6), np.zeros(8)]
+    assert d.n == 14 and d.diff == pytest.approx(6 / 14)
+    assert d.se == pytest.approx(diffs.std() / math.sqrt(14))  # the textbook paired SE: ddof 0, as McNemar's
+    assert d.verdict("a", "b") == "a ahead"
+    b_correct[:6] = 1
+    b_correct[0, 0] = 0  # one image of one prompt: half a prompt, far inside the noise
+    assert compare_settings(a, score_protocol(s, b_correct)).verdict("a", "b") == "within noise"
 
 
 def test_scoring_refuses_results_that_do_not_fit():

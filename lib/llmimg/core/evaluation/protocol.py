@@ -32,7 +32,7 @@ import numpy as np
 
 from llmimg.core.data.geneval import CATEGORIES, GENEVAL_CATEGORIES, GenEvalWorld, format_geneval_prompt
 from llmimg.core.evaluation.geneval_judge import prompts_followed
-from llmimg.core.evaluation.statistics import standard_error
+from llmimg.core.evaluation.statistics import PairedDifference, paired_difference, standard_error
 from llmimg.core.seeding import numpy_rng
 
 PROTOCOL = "shapes-geneval"
@@ -269,10 +269,22 @@ def paired_arrays(a: ProtocolScore, b: ProtocolScore, category: str | None = Non
     if (a.split, a.version, a.item_ids, a.correct.shape) != (b.split, b.version, b.item_ids, b.correct.shape):
         raise ValueError("the two scores were not made on the same prompt set (split, version, prompts and seeds): "
                          "they cannot be paired")
-    # TODO(issue 26): the paired comparison plugs in here: statistics.paired_difference / McNemar on these arrays.
     return a.per_image(category), b.per_image(category)
+
+
+def compare_settings(a: ProtocolScore, b: ProtocolScore, category: str | None = None) -> PairedDifference:
+    """Setting ``a`` against ``b``, drawn on the same prompts and seeds: the course's paired comparison.
+
+    The unit is the prompt: a prompt's images share its difficulty, so the paired
+    standard error is taken over the per-prompt differences of the two rates (each
+    prompt's mean over its seeds). With one image per prompt these are 0/1 and the
+    exact McNemar test comes with it. ``.verdict()`` applies the two-standard-error rule.
+    """
+    per_image_a, per_image_b = paired_arrays(a, b, category)
+    k = a.correct.shape[1]
+    return paired_difference(per_image_a.reshape(-1, k).mean(axis=1), per_image_b.reshape(-1, k).mean(axis=1))
 
 
 __all__ = ["EVAL_SPLITS", "EvalItem", "EvalSet", "IMAGES_PER_PROMPT", "PROMPTS_PER_CATEGORY", "PROTOCOL",
            "PROTOCOL_SEED", "ProtocolScore", "Rate", "VERSION", "eval_set_path", "judge_protocol", "load_eval_set",
-           "make_eval_set", "paired_arrays", "score_protocol", "write_eval_sets"]
+           "make_eval_set", "compare_settings", "paired_arrays", "score_protocol", "write_eval_sets"]
