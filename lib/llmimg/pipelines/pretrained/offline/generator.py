@@ -45,8 +45,8 @@ from llmimg.core.folders import first_line, json_says, save_into
 from llmimg.core.store import (MANIFEST, CheckpointError, Manifest, cache_key, cached, quiet_libraries,
                                read_manifest, write_manifest)
 from llmimg.core.training import StageConfig, TrainConfig, cadence, fit
-from llmimg.stages import clip as clip_stage
 from llmimg.pipelines.pretrained.offline.text_encoder import clip_text_model, clip_tokenizer
+from llmimg.stages import clip as clip_stage
 
 STAGE = "offline-generator"
 FORMAT = 1  # bump when a change to this module changes what a trained pipeline is
@@ -118,7 +118,7 @@ class OfflineGeneratorConfig(StageConfig):
 
 
 def default_config(profile: str | Profile | None = None) -> OfflineGeneratorConfig:
-    """The pipeline each profile trains: seconds at ``smoke``, minutes on a 2-core CPU at ``default``, a GPU at ``full``."""
+    """The pipeline each profile trains: seconds at ``smoke``, minutes on 2 CPU cores at ``default``, GPU at ``full``."""
     p = get_profile(profile)
     return OfflineGeneratorConfig(
         vae_block_out_channels=p.pick(smoke=(8, 16), default=(16, 32), full=(32, 64)),
@@ -222,7 +222,7 @@ def make_bank(config: OfflineGeneratorConfig) -> Bank:
 
 def train_vae(config: OfflineGeneratorConfig, bank: Bank, *, work_dir: Path | None = None, progress: bool = True,
               device: str | torch.device | None = None) -> tuple[Any, list[dict[str, Any]]]:
-    """Train the autoencoder on the bank's images: absolute reconstruction error (SD's pixel term) + ``kl_weight`` × KL.
+    """Train the autoencoder on the bank's images: mean absolute error (SD's pixel term) plus ``kl_weight`` × KL.
 
     Returns the VAE (on the CPU, eval mode, its ``scaling_factor`` still 1) and its loss history.
     """
