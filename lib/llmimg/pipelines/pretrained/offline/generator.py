@@ -118,7 +118,7 @@ class OfflineGeneratorConfig(StageConfig):
 
 
 def default_config(profile: str | Profile | None = None) -> OfflineGeneratorConfig:
-    """The pipeline each profile trains: seconds at ``smoke``, minutes on 2 CPU cores at ``default``, GPU at ``full``."""
+    """The pipeline each profile trains: seconds at ``smoke``, minutes on 2 CPU cores at ``default``, GPU: ``full``."""
     p = get_profile(profile)
     return OfflineGeneratorConfig(
         vae_block_out_channels=p.pick(smoke=(8, 16), default=(16, 32), full=(32, 64)),
