@@ -16,6 +16,9 @@ Everything the button does goes through :meth:`Demo.run`, which needs no browser
 scripts and tests call it directly and get a :class:`DemoResult`. Bad input never
 raises there; it comes back as ``DemoResult.error``, the one-line message the UI shows
 in red.
+
+The widgets are those of ipywidgets 7.7 (Colab's) and 8 alike: ``make test`` runs
+tests/test_demo.py under 8, ``make test-colab`` under Colab's 7.7.1.
 """
 
 from __future__ import annotations

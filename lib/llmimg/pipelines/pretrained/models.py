@@ -34,6 +34,7 @@ from llmimg.core import seeding
 from llmimg.core.config import get_device
 from llmimg.core.sampling import RowSampler
 from llmimg.core.store import CheckpointError
+from llmimg.core.versions import diffusers_dtype
 from llmimg.pipelines.pretrained.rerank import check_rerank
 
 # The hub commit each known model is loaded at, so a notebook run today and in a year gets the same weights.
@@ -415,7 +416,7 @@ def load_generator(model: str = PretrainedConfig.generator, revision: str | None
     if hub and variant and dtype == torch.float16:
         hub["variant"] = variant
     with _loading("image generator", model, revision):
-        pipe = AutoPipelineForText2Image.from_pretrained(model, dtype=dtype, **hub)
+        pipe = AutoPipelineForText2Image.from_pretrained(model, **diffusers_dtype(dtype), **hub)
     if not isinstance(pipe, StableDiffusionPipeline):
         raise ValueError(f"{model!r} is a {type(pipe).__name__}; llmimg.pipelines.pretrained drives Stable Diffusion 1.x/2.x "
                          f"pipelines (StableDiffusionPipeline), such as sd-turbo or SD 1.5")
