@@ -1,0 +1,1 @@
+"""The pretrained pipeline's offline mode: its three slots filled with models trained on ShapesWorld."""
