@@ -8,7 +8,7 @@
     llmimg generate "PROMPT" [--steps N] [--guidance G] [--scheduler NAME] [--no-llm] [--seed S]
                     [--batch B] [--profile P | --pipeline DIR] -o FILE.png [--json]
     llmimg bench [--profile P] [--quality-n N] [--no-pipeline] [--no-compile] [--json]
-    llmimg train {clip,llm,generator,distilled,joint} [--steps N] [--regime R] [--lam L] [--profile P] [--force]
+    llmimg train {clip,llm,generator,distilled,joint,writer} [--steps N] [--regime R] [--lam L] [--profile P] [--force]
     llmimg eval {clip,llm,generator,pipeline,joint} [--profile P] [--n N] [--json]
     llmimg experiment generator-recipes [--profile P] [--only NAME ...] [--steps N] [--json]
     llmimg experiment seed-spread [--profile P] [--seeds S ...] [--json]

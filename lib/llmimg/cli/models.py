@@ -10,12 +10,13 @@ from llmimg.cli.parser import JOINT_REGIMES
 
 
 def _stage(name: str):
-    """The module that trains, loads and evaluates ``name``: a stage package, the pipeline or the distillation."""
+    """The module that trains and loads ``name``: a stage, the pipeline, the distillation or the offline writer."""
     import importlib
 
     return importlib.import_module({"clip": "llmimg.stages.clip", "llm": "llmimg.stages.llm",
                                     "generator": "llmimg.stages.generator", "pipeline": "llmimg.pipelines.shapes",
-                                    "distilled": "llmimg.speed.distillation"}[name])
+                                    "distilled": "llmimg.speed.distillation",
+                                    "writer": "llmimg.pipelines.pretrained.offline.writer"}[name])
 
 
 def _shown(path: Path, where: str = " in the model cache") -> str:

@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a stage (or load it if the cache has it)",
                                 description="Train a stage for a profile and keep it in the model cache; the "
                                 "stages it needs are trained first. A cached stage is not retrained unless --force.")
-    train.add_argument("stage", choices=(*STAGES, "distilled", "joint"))
+    train.add_argument("stage", choices=(*STAGES, "distilled", "joint", "writer"))
     train.add_argument("--steps", type=int, choices=(1, 2, 4), default=1,
                        help="distilled: the student's sampling steps (default 1)")
     train.add_argument("--regime", choices=JOINT_REGIMES, default=None,
