@@ -65,7 +65,7 @@ def test_the_shrunk_run_returns_every_stage_and_the_total(shrunk):
                                                       + generator["ms_per_call"]["2"])
     assert set(total["end_to_end_ms"]) == {"2"}
     assert shrunk["settings"]["steps"] == [1, 2] and shrunk["device"] == "cpu" and shrunk["torch"] == torch.__version__
-    assert {"date", "threads", "dtype", "t4_fit", "memory_method"} <= set(shrunk)
+    assert {"date", "threads", "dtype", "t4_fit", "memory_method", "load_average", "cpu_count"} <= set(shrunk)
     json.dumps(shrunk)  # plain JSON
 
 

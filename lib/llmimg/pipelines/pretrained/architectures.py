@@ -82,7 +82,8 @@ _SHRUNK_CLIP = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "patch_size": 
                 "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 _SHRUNK = {
     "llm": {"vocab_size": 512, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 1024, "max_window_layers": 2},
+            "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 1024,
+            "max_window_layers": 2},
     "unet": {"sample_size": 8, "block_out_channels": (8, 16), "attention_head_dim": (2, 4), "cross_attention_dim": 32,
              "layers_per_block": 1, "norm_num_groups": 4, "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
              "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D")},

@@ -73,7 +73,8 @@ def _check(steps: Sequence[int], size: int, repeats: int, candidates: int, new_t
         raise ValueError(f"steps must be whole numbers from 1 to 50, got {list(steps)}")
     if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size > 2048 or size % 32:
         raise ValueError(f"size must be a multiple of 32 from 32 to 2048 pixels, got {size!r}")
-    for name, value, top in (("repeats", repeats, 100), ("candidates", candidates, 16), ("new_tokens", new_tokens, 512)):
+    limits = (("repeats", repeats, 100), ("candidates", candidates, 16), ("new_tokens", new_tokens, 512))
+    for name, value, top in limits:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
             raise ValueError(f"{name} must be a whole number from 1 to {top}, got {value!r}")
 
@@ -335,6 +336,7 @@ def dry_run(*, steps: Sequence[int] = STEPS, size: int | None = None, device: st
     settings = _Settings(steps=steps, size=size, device=str(device_), dtype=dtype_name, repeats=repeats,
                          candidates=candidates, new_tokens=new_tokens, seed=seed, shrink=shrink)
     run = _in_child if isolate else measure
+    load_start = [round(x, 2) for x in os.getloadavg()]  # timings on a shared machine mean little when it is busy
     stages = {}
     for stage in (*arch.STAGES, "all"):
         if progress:
@@ -344,11 +346,14 @@ def dry_run(*, steps: Sequence[int] = STEPS, size: int | None = None, device: st
     total["ms_per_call"] = {str(k): stages["clip"]["ms_per_call"] + stages["llm"]["ms_per_call"]
                             + stages["generator"]["ms_per_call"][str(k)] for k in steps}
     env = describe_environment()
-    return {"what": "the pretrained pipeline's real architectures built from their published configurations with "
-                    "random weights (no download), measured" + (" (shrunk: tiny dimensions, a test run)" if shrink else ""),
+    what = ("the pretrained pipeline's real architectures built from their published configurations with random "
+            "weights (no download), measured" + (" (shrunk: tiny dimensions, a test run)" if shrink else ""))
+    return {"what": what,
             "date": datetime.date.today().isoformat(), "device": str(device_), "gpu": env["gpu"] if device_.type ==
             "cuda" else None, "dtype": dtype_name, "torch": torch.__version__, "threads": stages["clip"]["threads"],
             "python": env["python"], "platform": env["platform"], "packages": env["packages"],
+            "cpu_count": os.cpu_count(), "load_average": {"start": load_start,
+                                                          "end": [round(x, 2) for x in os.getloadavg()]},
             "settings": {**settings.__dict__, "isolated": isolate},
             "memory_method": _MEMORY_NOTE if isolate else "in one process: peaks are its high-water marks so far",
             "ms_method": f"median of {repeats} calls after one warm-up; total ms_per_call: the stages' medians added",
