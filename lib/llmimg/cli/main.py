@@ -13,6 +13,8 @@
     llmimg experiment generator-recipes [--profile P] [--only NAME ...] [--steps N] [--json]
     llmimg experiment seed-spread [--profile P] [--seeds S ...] [--json]
     llmimg experiment reranking [--profile P] [--world trained|tiny] [--prompts N] [--candidates K] [--json]
+    llmimg pretrained dry-run [--steps N ...] [--size PX] [--device cpu|cuda] [--dtype D] [--repeats N]
+                              [--record] [--json]
 
 Every failure ends with a one-line message and exit status 1 (130 for Ctrl-C), never a
 traceback: :func:`llmimg.cli.errors.error_line` is the one place that words it, naming
@@ -35,7 +37,7 @@ from llmimg.cli.parser import build_parser
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmimg`` console script; returns the exit status."""
-    from llmimg.cli import commands, models
+    from llmimg.cli import commands, models, pretrained
     from llmimg.cli.errors import error_line
     from llmimg.core import config
 
@@ -44,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = {"reproduce": commands.reproduce_command, "data": commands.data_command,
                "generate": commands.generate_command, "bench": commands.bench_command,
                "train": models.train_command, "eval": models.eval_command,
-               "experiment": models.experiment_command}[args.command]
+               "experiment": models.experiment_command, "pretrained": pretrained.dry_run_command}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -106,6 +106,34 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     gen.add_argument("--no-progress", action="store_true", help="no progress bars while training missing stages")
 
 
+def _add_pretrained(commands: argparse._SubParsersAction) -> None:
+    pre = commands.add_parser("pretrained", help="the pretrained world's models (Colab): measure their real sizes "
+                              "offline")
+    actions = pre.add_subparsers(dest="pretrained_command", metavar="ACTION", required=True)
+    dry = actions.add_parser(
+        "dry-run", help="build the real architectures with random weights and measure memory and time",
+        description="Build each model the pretrained pipeline downloads (open_clip ViT-B-32, Qwen2.5-0.5B-Instruct's "
+        "dimensions, SD-Turbo's UNet, VAE and text encoder) from its published configuration with random weights, "
+        "no download, and measure per stage and in all: parameters, weight memory in float32 and float16, peak "
+        "memory (each stage in a fresh process) and the median time per call, at 1-4 denoising steps. Reports "
+        "whether the whole pipeline fits a T4 (15 GiB usable) in float16. Full size on a CPU: about 10 minutes "
+        "and 7 GB of memory.")
+    dry.add_argument("--steps", nargs="+", type=_positive(50), default=[1, 2, 4], metavar="N",
+                     help="denoising step counts to time, 1-50 each (default: 1 2 4)")
+    dry.add_argument("--size", type=_positive(2048), default=None, metavar="PX",
+                     help="image side in pixels, a multiple of 32 (default 512, sd-turbo's)")
+    dry.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                     help="where to compute (default: CUDA if available, else the CPU)")
+    dry.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                     help="weights' dtype (default: float16 on CUDA, float32 on the CPU; float16 needs CUDA)")
+    dry.add_argument("--repeats", type=_positive(100), default=3, metavar="N",
+                     help="timed calls per setting after one warm-up; the median is reported (default 3)")
+    dry.add_argument("--record", action="store_true",
+                     help="also write the result to data/experiments/pretrained-dry-run-<device>.json")
+    dry.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    dry.add_argument("--shrink", action="store_true", help=argparse.SUPPRESS)  # tiny dimensions: the tests' run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="llmimg", description="LLM-guided text-to-image generation, from the math to joint training.")
     parser.add_argument("--version", action="version", version=f"llmimg {package_version()}")
@@ -206,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="reranking: the LLM's candidates per prompt, at least 2 (default: the profile's)")
     experiment.add_argument("--json", action="store_true", help="print the whole record as one JSON object")
     experiment.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    _add_pretrained(commands)
 
     bench = commands.add_parser("bench", help="measure speeds: data loading, the pipeline's stages, fast vs "
                                 "1000-step DDPM at equal quality")
