@@ -15,6 +15,7 @@
     llmimg experiment reranking [--profile P] [--world trained|tiny] [--prompts N] [--candidates K] [--json]
     llmimg pretrained dry-run [--steps N ...] [--size PX] [--device cpu|cuda] [--dtype D] [--repeats N]
                               [--record] [--json]
+    llmimg pretrained offline -o DIR [--profile P] [--force]
 
 Every failure ends with a one-line message and exit status 1 (130 for Ctrl-C), never a
 traceback: :func:`llmimg.cli.errors.error_line` is the one place that words it, naming
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = {"reproduce": commands.reproduce_command, "data": commands.data_command,
                "generate": commands.generate_command, "bench": commands.bench_command,
                "train": models.train_command, "eval": models.eval_command,
-               "experiment": models.experiment_command, "pretrained": pretrained.dry_run_command}[args.command]
+               "experiment": models.experiment_command, "pretrained": pretrained.pretrained_command}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -132,6 +132,17 @@ def _add_pretrained(commands: argparse._SubParsersAction) -> None:
                      help="also write the result to data/experiments/pretrained-dry-run-<device>.json")
     dry.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     dry.add_argument("--shrink", action="store_true", help=argparse.SUPPRESS)  # tiny dimensions: the tests' run
+    off = actions.add_parser(
+        "offline", help="train the offline mode's models and save them as hub-format folders",
+        description="The offline mode of notebook 09: the pretrained pipeline's three models trained on ShapesWorld "
+        "(the course's CLIP, a Qwen2 chat writer, a small Stable Diffusion pipeline), taken from the model cache "
+        "(trained first when missing, or again with --force) and saved under DIR as clip/, llm/ and generator/, "
+        "which llmimg.pipelines.pretrained.load reads as it reads hub models.")
+    off.add_argument("-o", "--output-dir", type=Path, required=True, metavar="DIR",
+                     help="folder to save into (new, empty, or holding these models from before)")
+    off.add_argument("--profile", choices=PROFILES, default=None, help="model sizes (default: $LLMIMG_PROFILE, "
+                     "else default)")
+    off.add_argument("--force", action="store_true", help="retrain the writer and the generator")
 
 
 def build_parser() -> argparse.ArgumentParser:

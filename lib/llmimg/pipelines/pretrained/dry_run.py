@@ -395,4 +395,22 @@ def write_record(result: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
-__all__ = ["STEPS", "T4_USABLE_BYTES", "dry_run", "format_table", "measure", "t4_fit", "write_record"]
+def record_path(device: str = "cpu") -> Path:
+    """Where ``llmimg pretrained dry-run --record`` keeps the run on ``device`` (the experiment records folder)."""
+    from llmimg.core.config import experiments_dir
+
+    return experiments_dir() / f"pretrained-dry-run-{device}.json"
+
+
+def load_record(device: str = "cpu") -> dict[str, Any]:
+    """The recorded dry run on ``device``; a missing or unreadable record is a one-line error naming the remedy."""
+    path = record_path(device)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"no readable dry-run record at {path.name!r} ({type(err).__name__}); make it with "
+                                f"'llmimg pretrained dry-run --device {device} --record'") from None
+
+
+__all__ = ["STEPS", "T4_USABLE_BYTES", "dry_run", "format_table", "load_record", "measure", "record_path", "t4_fit",
+           "write_record"]

@@ -35,8 +35,6 @@ from llmimg.pipelines.pretrained.offline.writer import save_writer
 from llmimg.pipelines.pretrained.pipeline import PretrainedPipeline, load
 from llmimg.stages import clip as clip_stage
 
-RETRAIN = "llmimg pretrained offline --force"
-
 
 def save_clip(folder: str | os.PathLike, profile: str | Profile | None = None, *, progress: bool = True) -> Path:
     """The profile's trained CLIP (notebook 03's, from the model cache) written into ``folder`` as open_clip's ``local-dir``."""
@@ -73,5 +71,5 @@ def trained_pipeline(folder: str | os.PathLike, profile: str | Profile | None = 
         return load(config, device=device)
 
 
-__all__ = ["RETRAIN", "SAMPLING", "save_clip", "save_generator", "save_writer", "trained_components",
+__all__ = ["SAMPLING", "save_clip", "save_generator", "save_writer", "trained_components",
            "trained_pipeline"]

@@ -50,7 +50,7 @@ from llmimg.stages import clip as clip_stage
 
 STAGE = "offline-generator"
 FORMAT = 1  # bump when a change to this module changes what a trained pipeline is
-RETRAIN = "llmimg pretrained offline --force"
+RETRAIN = "llmimg pretrained offline --force -o DIR"
 IMAGE_SIZE = 32
 # How the trained pipeline draws: 20 DPM-Solver++ steps with guidance 3 (the course generator's guidance).
 SAMPLING: dict[str, Any] = {"num_inference_steps": 20, "guidance_scale": 3.0}

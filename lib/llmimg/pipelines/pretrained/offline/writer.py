@@ -324,16 +324,17 @@ def get(profile: str | Profile | None = None, *, config: WriterConfig | None = N
     return check(cached(key(config), build_into, profile=profile, force=force))
 
 
-def save_writer(folder: str | os.PathLike, profile: str | Profile | None = None, *, progress: bool = True) -> Path:
+def save_writer(folder: str | os.PathLike, profile: str | Profile | None = None, *, progress: bool = True,
+                force: bool = False) -> Path:
     """Write the profile's trained writer (:func:`get`: trained first if the cache lacks it) into ``folder``.
 
     ``folder`` becomes a ``save_pretrained`` folder (model, tokenizer with its chat
     template, and ``llmimg.json`` with the training record and metrics) that
     ``models.load_writer(str(folder))`` loads. It must be new, empty, or hold a writer
     saved here before (whose files are replaced, the user's other files kept); any other
-    non-empty folder is refused with nothing written. Returns the folder.
+    non-empty folder is refused with nothing written. ``force`` retrains it. Returns the folder.
     """
-    trained = get(profile, progress=progress)
+    trained = get(profile, progress=progress, force=force)
 
     def write(out: Path) -> None:
         for name in trained.manifest.files:
