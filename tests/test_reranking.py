@@ -121,7 +121,8 @@ def test_text_and_no_reranking_record_what_they_chose(pipe):
     assert none.upsampled.candidates == [[cs[0]] for cs in up.candidates]  # only the first is written
     assert none.descriptions == [cs[0] for cs in up.candidates] and none.upsampled.scores is None
     assert pipe(PROMPTS, generator=seeded(5, 6), upsample=False).upsampled is None
-    assert pipe.upsample(PROMPTS, 3, seed=[1, 2]).rerank == pipe.config.rerank == "text"  # the default, for now
+    assert pipe.config.rerank == "image"  # the default, as notebook 09's measurement supports
+    assert pipe.upsample(PROMPTS, 3, seed=[1, 2]).rerank == "text"  # upsample alone draws no images
 
 
 def test_bad_reranking_modes_are_refused_in_one_line(pipe):

@@ -102,9 +102,12 @@ class PretrainedPipeline:
         ``seed``: one per prompt, or one for the list (prompt k then samples from
         ``(seed, "prompt", k)``), or None for fresh randomness. ``rerank="none"`` writes one
         candidate, whatever ``num_candidates`` (the first, from the same stream as the first of more); ``"image"``
-        needs the images: call the pipeline, or :meth:`draw_candidates`.
+        needs the images: call the pipeline, or :meth:`draw_candidates` (with the config's ``"image"``, the
+        default here is ``"text"``).
         """
         mode = self._mode(rerank)
+        if mode == "image" and rerank is None:  # the config's default needs images, which only the call draws
+            mode = "text"
         if mode == "image":
             raise ValueError("rerank='image' chooses by the drawn images: call the pipeline (pipe(prompt, "
                              "rerank='image')) or pipe.draw_candidates(prompt)")

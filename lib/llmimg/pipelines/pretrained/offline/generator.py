@@ -141,7 +141,7 @@ def default_config(profile: str | Profile | None = None) -> OfflineGeneratorConf
         unet_norm_num_groups=p.pick(smoke=8, default=32, full=32),
         unet_heads=p.pick(smoke=2, default=4, full=8),
         unet_train=p.pick(smoke=TrainConfig(steps=10, batch_size=16, lr=1e-3, warmup_steps=2),
-                          default=TrainConfig(steps=1200, batch_size=64, lr=2e-3, warmup_steps=50),
+                          default=TrainConfig(steps=2400, batch_size=64, lr=2e-3, warmup_steps=50),
                           full=TrainConfig(steps=30_000, batch_size=256, lr=3e-4, warmup_steps=500)),
         n_train=p.pick(smoke=256, default=10_000, full=100_000),
         eval_n=p.pick(smoke=4, default=300, full=1000))
