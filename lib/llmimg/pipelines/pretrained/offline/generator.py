@@ -384,7 +384,7 @@ def evaluate(folder: str | os.PathLike, n: int, *, seed: int = 0, batch_size: in
                     f"{prefix}all_correct_se": standard_error(judged.all_correct, len(descriptions)),
                     f"{prefix}count_accuracy": judged.count_accuracy,
                     f"{prefix}per_attribute": judged.per_attribute})
-        if objects == 1:  # what the VAE alone keeps of real renders: the ceiling of what the UNet can draw
+        if objects == 1:  # what the VAE keeps of real renders (encoded, decoded): a check of the autoencoder alone
             real = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float() / 127.5 - 1
             with torch.no_grad():
                 recon = sd.vae.decode(sd.vae.encode(real).latent_dist.mean).sample
