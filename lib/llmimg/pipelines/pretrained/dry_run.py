@@ -225,7 +225,7 @@ def _measure_all(s: _Settings, device: torch.device, dtype: torch.dtype) -> dict
                                                pipe.image_generator.vae, pipe.image_generator.text_encoder))
     steps = max(s.steps)
     out = pipe(PROMPT, num_inference_steps=steps, generator=torch_generator(s.seed, "noise"))
-    return {**_weights(params), "end_to_end_ms": {str(steps): out.timings["total"]},
+    return {**_weights(params), "rerank": config.rerank, "end_to_end_ms": {str(steps): out.timings["total"]},
             "end_to_end_stage_ms": {str(steps): {k: v for k, v in out.timings.items() if k != "total"}}}
 
 
