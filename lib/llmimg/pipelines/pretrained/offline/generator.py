@@ -51,6 +51,7 @@ from llmimg.core.store import (MANIFEST, CheckpointError, Manifest, cache_key, c
 from llmimg.core.training import StageConfig, TrainConfig, cadence, fit
 from llmimg.pipelines.pretrained.offline.text_encoder import clip_text_model, clip_tokenizer
 from llmimg.stages import clip as clip_stage
+from llmimg.stages.generator.train import diffusion_loss
 
 STAGE = "offline-generator"
 FORMAT = 2  # bump when a change to this module changes what a trained pipeline is
@@ -266,25 +267,6 @@ def prompt_states(pipe: Any, texts: list[str], chunk: int = 500) -> torch.Tensor
     return torch.cat(states).float()
 
 
-def snr_weighted_loss(config: OfflineGeneratorConfig, scheduler: Any, pred: torch.Tensor,
-                      b: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The denoising error of ``pred`` against the target of ``config.prediction_type``, Min-SNR-γ weighted."""
-    if config.prediction_type == "epsilon":
-        target = b["noise"]
-    elif config.prediction_type == "v_prediction":
-        target = scheduler.get_velocity(b["latents"], b["noise"], b["timesteps"])
-    else:
-        target = b["latents"]
-    err = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
-    if config.snr_gamma is None:
-        return err.mean()
-    abar = scheduler.alphas_cumprod.to(err.device)[b["timesteps"]].float()
-    snr = abar / (1 - abar)
-    weight = snr.clamp(max=config.snr_gamma) / {"epsilon": snr, "v_prediction": snr + 1, "sample": 1}[
-        config.prediction_type]
-    return (err * weight).mean()
-
-
 def train_unet(config: OfflineGeneratorConfig, pipe: Any, bank: Bank, *, work_dir: Path | None = None,
                progress: bool = True, device: str | torch.device | None = None) -> list[dict[str, Any]]:
     """Train ``pipe.unet`` in place on ``pipe.vae``'s scaled latents of the bank; returns the loss history.
@@ -314,7 +296,7 @@ def train_unet(config: OfflineGeneratorConfig, pipe: Any, bank: Bank, *, work_di
     def loss(unet: Any, b: dict[str, torch.Tensor]) -> torch.Tensor:
         noisy = scheduler.add_noise(b["latents"], b["noise"], b["timesteps"])
         pred = unet(noisy, b["timesteps"], encoder_hidden_states=b["states"]).sample
-        return snr_weighted_loss(config, scheduler, pred, b)
+        return diffusion_loss(config, scheduler, pred, b)  # the course generator's loss
 
     pipe.unet.train().requires_grad_(True)
     result = fit(pipe.unet, batch, loss, config.unet_train, work_dir=work_dir, desc="offline UNet", device=device,
@@ -455,5 +437,5 @@ def save_generator(folder: str | os.PathLike, profile: str | Profile | None = No
 
 __all__ = ["FORMAT", "RETRAIN", "SAMPLING", "STAGE", "Bank", "OfflineGeneratorConfig", "assemble", "build_sampler",
            "build_unet", "build_vae", "cached_generator", "default_config", "encode_bank", "evaluate", "key",
-           "load_cached", "make_bank", "noise_schedule", "prompt_states", "save_generator", "snr_weighted_loss",
+           "load_cached", "make_bank", "noise_schedule", "prompt_states", "save_generator",
            "train", "train_unet", "train_vae"]
