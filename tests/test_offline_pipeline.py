@@ -6,7 +6,6 @@ import numpy as np
 import torch
 
 from llmimg.cli import main
-from llmimg.pipelines import pretrained
 from llmimg.pipelines.pretrained import offline
 
 

@@ -37,7 +37,7 @@ from llmimg.stages import clip as clip_stage
 
 
 def save_clip(folder: str | os.PathLike, profile: str | Profile | None = None, *, progress: bool = True) -> Path:
-    """The profile's trained CLIP (notebook 03's, from the model cache) written into ``folder`` as open_clip's ``local-dir``."""
+    """The profile's trained CLIP (notebook 03's, from the model cache), written into ``folder`` (open_clip layout)."""
     return clip_stage.get(profile, progress=progress).save_pretrained(folder)
 
 
@@ -61,7 +61,7 @@ def trained_components(folder: str | os.PathLike, profile: str | Profile | None 
 
 def trained_pipeline(folder: str | os.PathLike, profile: str | Profile | None = None, *,
                      device: str | torch.device | None = "cpu", progress: bool = True) -> PretrainedPipeline:
-    """The pretrained pipeline on the models trained on ShapesWorld, saved under ``folder`` (see :func:`trained_components`).
+    """The pretrained pipeline on models trained on ShapesWorld, saved under ``folder`` (:func:`trained_components`).
 
     Loaded by :func:`~llmimg.pipelines.pretrained.load`, the loader of the hub models.
     ``device=None`` picks the best available (see :func:`llmimg.core.config.get_device`).
