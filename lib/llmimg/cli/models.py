@@ -36,9 +36,13 @@ def train_command(args: argparse.Namespace) -> int:
     if (args.regime, args.lam) != (None, None):
         raise SystemExit("llmimg train: --regime and --lam are for 'llmimg train joint' only")
     options = {"steps": args.steps} if args.stage == "distilled" else {}
+    if args.world != "shapes":
+        _check_world_stage("train", args.stage)
+        options["world"] = args.world
     model = _stage(args.stage).get(args.profile, force=args.force, progress=not args.no_progress, **options)
     manifest = model.manifest
-    print(f"{args.stage} ({model.path.parent.name} profile) ready in {time.perf_counter() - t0:.0f} s: "
+    world = "" if args.world == "shapes" else f", {args.world} world"
+    print(f"{args.stage} ({model.path.parent.name} profile{world}) ready in {time.perf_counter() - t0:.0f} s: "
           f"{_shown(model.path)}")
     metrics, source = manifest.metrics, ""
     if not metrics and manifest.curve:  # the generator: the last point of its learning curve
@@ -111,18 +115,56 @@ def eval_command(args: argparse.Namespace) -> int:
             print(summary["verdict"])
         return 0
 
+    if args.world != "shapes":
+        _check_world_stage("eval", args.stage)
+        if args.stage == "pipeline":
+            return _eval_protocol(args)
     stage = _stage(args.stage)
     n = args.n or get_profile(args.profile).size(f"{args.stage}.eval_n")
     minimum = getattr(stage, "MIN_EVAL_N", 1)
     if n < minimum:  # refused before anything is trained
         raise ValueError(f"llmimg eval {args.stage}: --n must be at least {minimum}, got {n}")
-    model = stage.get(args.profile, progress=not args.no_progress)
-    metrics = {"stage": args.stage, "profile": get_profile(args.profile).name, **stage.evaluate(model, n=n)}
+    model = stage.get(args.profile, progress=not args.no_progress, world=args.world)
+    metrics = {"stage": args.stage, "profile": get_profile(args.profile).name, "world": args.world,
+               **stage.evaluate(model, n=n)}
     if args.json:
         print(json.dumps(metrics))
     else:
         for key, value in metrics.items():
             print(f"{key:>32}: {value:.4f}" if isinstance(value, float) else f"{key:>32}: {value}")
+    return 0
+
+
+def _check_world_stage(command: str, stage: str) -> None:
+    if stage not in ("clip", "llm", "generator", "pipeline"):
+        raise SystemExit(f"llmimg {command}: --world is for clip, llm, generator and pipeline; {stage} is "
+                         "trained on today's world only")
+
+
+def _eval_protocol(args: argparse.Namespace) -> int:
+    """``llmimg eval pipeline --world geneval``: the protocol's val and heldout prompt sets, LLM on and off, paired."""
+    from llmimg.core.config import get_profile
+    from llmimg.pipelines import protocol, shapes
+
+    pipe = shapes.get(args.profile, progress=not args.no_progress, world=args.world)
+    n = args.n or get_profile(args.profile).size("pipeline.protocol_n")
+    result = {"stage": "pipeline", "profile": get_profile(args.profile).name, "world": args.world,
+              **{split: protocol.evaluate_protocol(pipe, split, n_per_category=n, progress=not args.no_progress)
+                 for split in ("val", "heldout")}}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    for split in ("val", "heldout"):
+        r = result[split]
+        print(f"{split} prompts ({r['n_prompts']} prompts × {r['images_per_prompt']} images):")
+        print(f"  {'category':>14}  {'LLM on':>13}  {'LLM off':>13}  paired verdict")
+        for category in ("overall", *r["llm_on"]["categories"]):
+            on, off = [r[k]["overall"] if category == "overall" else r[k]["categories"][category]
+                       for k in ("llm_on", "llm_off")]
+            print(f"  {category:>14}  {on['rate']:.3f} ± {on['se']:.3f}  {off['rate']:.3f} ± {off['se']:.3f}  "
+                  f"{r['paired'][category]['verdict']}")
+        f = r["planner_faithful"]["overall"]
+        print(f"  planner faithful (with its checker): {f['rate']:.3f} ± {f['se']:.3f} (n = {f['n']})")
     return 0
 
 

@@ -52,6 +52,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+def _add_world(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--world", choices=("shapes", "geneval"), default="shapes",
+                        help="clip, llm, generator and pipeline: today's ShapesWorld (default) or the GenEval-shaped "
+                             "world of counts and relations; the LLM and generator follow their CLIP's world")
+
+
 def _add_profile(command: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup, what: str) -> None:
     command.add_argument("--profile", choices=PROFILES, default=None,
                          help=f"{what} (default: ${PROFILE_ENV}, else 'default')")
@@ -202,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lam", type=_non_negative, default=None,
                        help="joint: λ, the weight of the LLM's loss in the joint and cycle regimes (default 1)")
     _add_profile(train, "model size and training length")
+    _add_world(train)
     train.add_argument("--force", action="store_true", help="retrain even if the cache has this stage")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -210,8 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "one JSON object (keys: see the README).")
     evaluate.add_argument("stage", choices=(*STAGES, "pipeline", "joint"))
     _add_profile(evaluate, "which trained stage")
+    _add_world(evaluate)
     evaluate.add_argument("--n", type=_positive(100_000), default=None,
-                          help="held-out examples to evaluate on (default: the profile's)")
+                          help="held-out examples to evaluate on (default: the profile's); the pipeline of the "
+                               "geneval world: prompts per category of each prompt set (default: all 100)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
 

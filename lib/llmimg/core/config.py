@@ -87,6 +87,7 @@ SIZES: dict[str, tuple[Any, Any, Any]] = {
     "generator.curve_n": (8, 100, 200),
     "generator.eval_n": (16, 500, 1000),
     "pipeline.eval_n": (16, 500, 1000),
+    "pipeline.protocol_n": (2, 100, 100),  # prompts per category of each protocol set (issue 26); 100 is all
     # the speed lab
     "distilled.steps": (4, 200, 500),
     "distilled.batch_size": (8, 64, 64),

@@ -221,20 +221,23 @@ def check_prompt(tokenizer: PreTrainedTokenizerFast, text: str) -> str:
 
 
 def normalise_prompt(tokenizer: PreTrainedTokenizerFast, text: str) -> str:
-    """A typed prompt in ShapesWorld's grammar, the form the upsampler's checker judges, or a :class:`PromptError`.
+    """A typed prompt in the grammar of the tokenizer's world, the form the upsampler's checker judges, or a
+    :class:`PromptError`.
 
     :func:`check_prompt` first (valid text, known words, not too long), then the words
-    are read leniently as objects (:func:`~llmimg.core.data.read_prompt`: a missing
-    article, a position without "in the", phrases without "and") and written back in
-    the grammar, lower case: ``"A red circle, top-left!"`` becomes ``"a red circle in the
-    top left"``. A prompt already in the grammar comes back as it is. Words that cannot
-    be read as objects raise :class:`UngrammaticalPromptError` saying why.
+    are read as the world's objects (:func:`~llmimg.core.data.worlds.read_prompt_words`;
+    today's world reads leniently: a missing article, a position without "in the",
+    phrases without "and") and written back in the grammar, lower case: ``"A red circle,
+    top-left!"`` becomes ``"a red circle in the top left"``. A prompt already in the
+    grammar comes back as it is. Words that cannot be read as objects raise
+    :class:`UngrammaticalPromptError` saying why.
     """
-    from llmimg.core.data import ParseError, format_prompt, read_prompt
+    from llmimg.core.data import ParseError
+    from llmimg.core.data.worlds import read_prompt_words
 
     words = check_prompt(tokenizer, text).lower().split()
     try:
-        prompt = format_prompt(read_prompt(words))
+        prompt = read_prompt_words(world_of(tokenizer), words)
     except ParseError as err:
         raise UngrammaticalPromptError(f"the prompt cannot be read as ShapesWorld objects: {err}") from None
     n_tokens = len(prompt.split()) + 2
@@ -244,12 +247,30 @@ def normalise_prompt(tokenizer: PreTrainedTokenizerFast, text: str) -> str:
     return prompt
 
 
-def check_tokenizer(tokenizer: PreTrainedTokenizerFast) -> str | None:
-    """Why ``tokenizer`` is not the course's tokenizer as it was saved, or None if it is.
+def world_of(tokenizer: PreTrainedTokenizerFast) -> str:
+    """The world a tokenizer was trained for: ``"geneval"`` if it knows the counts and relations, else ``"shapes"``.
 
-    Its special tokens must have ids 0 to 3, its vocabulary must be ShapesWorld's words
-    and its context :data:`CONTEXT_LENGTH`: a damaged ``tokenizer_config.json`` would
-    otherwise lift the prompt-length limit or shift the ids the models read.
+    The GenEval-shaped world's language contains today's, so its tokenizer's vocabulary
+    is a strict superset; :func:`check_tokenizer` checks the vocabulary is exactly one of the two.
+    """
+    return "geneval" if "three" in tokenizer.get_vocab() else "shapes"
+
+
+def world_tokenizer(world: str) -> PreTrainedTokenizerFast:
+    """A new tokenizer for ``world``: :func:`train_tokenizer` (``"shapes"``) or :func:`train_geneval_tokenizer`."""
+    from llmimg.core.data.worlds import check_world
+
+    return train_geneval_tokenizer() if check_world(world) == "geneval" else train_tokenizer()
+
+
+def check_tokenizer(tokenizer: PreTrainedTokenizerFast) -> str | None:
+    """Why ``tokenizer`` is not one of the course's tokenizers as it was saved, or None if it is.
+
+    Its special tokens must have ids 0 to 3, and its vocabulary and context must be those
+    of one world (:func:`world_of`): today's words and :data:`CONTEXT_LENGTH`, or the
+    GenEval-shaped world's :func:`geneval_words` and :data:`GENEVAL_CONTEXT_LENGTH`. A
+    damaged ``tokenizer_config.json`` would otherwise lift the prompt-length limit or
+    shift the ids the models read.
     """
     from llmimg.core.data import ATTRIBUTES
 
@@ -260,12 +281,17 @@ def check_tokenizer(tokenizer: PreTrainedTokenizerFast) -> str | None:
     if named != SPECIAL_TOKENS:
         return (f"it names {', '.join(map(str, named))} as padding, start, end and unknown, "
                 f"not {', '.join(SPECIAL_TOKENS)}")
-    words = {"a", "an", "and", "in", "the", *(w for values in ATTRIBUTES.values() for v in values for w in v.split())}
+    if world_of(tokenizer) == "geneval":
+        words, context, what = set(geneval_words()), GENEVAL_CONTEXT_LENGTH, "the GenEval-shaped world's words"
+    else:
+        words = {"a", "an", "and", "in", "the", *(w for values in ATTRIBUTES.values() for v in values
+                                                  for w in v.split())}
+        context, what = CONTEXT_LENGTH, "ShapesWorld's words"
     if set(vocab) != words | set(SPECIAL_TOKENS):
         odd = sorted(set(vocab) ^ (words | set(SPECIAL_TOKENS)))
-        return f"its vocabulary is not ShapesWorld's words ({', '.join(map(repr, odd[:5]))} differ)"
-    if tokenizer.model_max_length != CONTEXT_LENGTH:
-        return f"its context is {tokenizer.model_max_length} tokens, not {CONTEXT_LENGTH}"
+        return f"its vocabulary is not {what} ({', '.join(map(repr, odd[:5]))} differ)"
+    if tokenizer.model_max_length != context:
+        return f"its context is {tokenizer.model_max_length} tokens, not {context}"
     return None
 
 

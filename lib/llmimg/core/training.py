@@ -54,8 +54,9 @@ def identity(config: Any) -> dict[str, Any]:
     """The fields of a config dataclass that define the trained model, as plain JSON values (nested configs too)."""
     out = {}
     for f in fields(config):
-        if f.metadata.get("identity", True):
-            value = getattr(config, f.name)
+        value = getattr(config, f.name)
+        # A field added later with metadata "omit_default" keeps the keys of models trained before it existed.
+        if f.metadata.get("identity", True) and not (f.metadata.get("omit_default") and value == f.default):
             out[f.name] = identity(value) if is_dataclass(value) else value
     return json.loads(json.dumps(out))
 

@@ -46,7 +46,7 @@ from llmimg.core.data import ShapesWorld
 from llmimg.core.evaluation import shapes_eval, standard_error
 from llmimg.core.folders import first_line, json_says, save_into
 from llmimg.core.store import MANIFEST, CheckpointError, Manifest, quiet_libraries, read_manifest, write_manifest
-from llmimg.core.text import CONTEXT_LENGTH, normalise_prompt
+from llmimg.core.text import normalise_prompt
 from llmimg.pipelines.common import STAGES, PipelineOutput, StageTimer
 from llmimg.pipelines.saved import COMPONENTS, check_components, check_index
 from llmimg.stages import clip as clip_stage
@@ -328,7 +328,7 @@ class ShapesPipeline(DiffusionPipeline):
             # 4. Write: the LLM's description of each prompt, checked against it.
             with timer.stage("llm_generate"):
                 written = writer.upsample_from(z, prompts, seeds=llm_seeds, do_sample=do_sample,
-                                               temperature=temperature, max_new_tokens=CONTEXT_LENGTH - 2,
+                                               temperature=temperature, max_new_tokens=writer.tokenizer.model_max_length - 2,
                                                details=True)
             # An empty output would mean "no condition" to the generator: keep the prompt instead.
             descriptions = [d or p for d, p in zip(written.descriptions, prompts)]
@@ -364,10 +364,10 @@ class ShapesPipeline(DiffusionPipeline):
 
 
 def get(profile: str | Profile | None = None, *, progress: bool = True, scheduler: str = DEFAULT_SCHEDULER,
-        device: str | torch.device | None = None) -> ShapesPipeline:
-    """The profile's pipeline from its cached CLIP, LLM and generator (each trained first if missing)."""
+        device: str | torch.device | None = None, world: str = "shapes") -> ShapesPipeline:
+    """The profile's pipeline of ``world`` from its cached CLIP, LLM and generator (each trained first if missing)."""
     profile = get_profile(profile)
-    clip = clip_stage.get(profile, progress=progress)
+    clip = clip_stage.get(profile, progress=progress, world=world)
     llm = llm_stage.get(profile, clip=clip, progress=progress)
     image_generator = gen_stage.get(profile, clip=clip, progress=progress)
     pipe = ShapesPipeline.from_stages(llm, image_generator, scheduler=scheduler)

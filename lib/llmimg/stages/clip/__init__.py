@@ -26,10 +26,10 @@ def key(config: ClipConfig) -> dict:
 
 
 def get(profile: str | Profile | None = None, *, config: ClipConfig | None = None, force: bool = False,
-        progress: bool = True) -> ShapesCLIP:
-    """The profile's trained CLIP from the model cache, trained and evaluated first if it is not there."""
+        progress: bool = True, world: str = "shapes") -> ShapesCLIP:
+    """The profile's trained CLIP of ``world`` from the model cache, trained and evaluated first if it is not there."""
     profile = get_profile(profile)
-    config = config or default_config(profile)
+    config = config or default_config(profile, world)
 
     def build_into(out, work) -> None:
         clip = train(config, work_dir=work, progress=progress)

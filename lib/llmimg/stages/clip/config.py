@@ -26,13 +26,24 @@ class ClipConfig(StageConfig):
     prompt_rate: float = 0.25
     hard_negative_weight: float = 1.0  # weight of the binding loss (see train.hard_negative); 0 turns it off
     seed: int = 0
+    # The world it learns (llmimg.core.data.worlds); the LLM and generator built on it follow it.
+    world: str = field(default="shapes", metadata={"omit_default": True})
+
+    def __post_init__(self) -> None:
+        from llmimg.core.data.worlds import check_world
+
+        check_world(self.world)
 
 
-def default_config(profile: str | Profile | None = None) -> ClipConfig:
-    """The CLIP each profile trains: seconds at ``smoke``, minutes on a CPU at ``default``, a GPU at ``full``."""
+def default_config(profile: str | Profile | None = None, world: str = "shapes") -> ClipConfig:
+    """The CLIP each profile trains: seconds at ``smoke``, minutes on a CPU at ``default``, a GPU at ``full``.
+
+    For the GenEval-shaped ``world`` its model config is the ``-geneval`` variant: a context
+    and vocabulary large enough for four described objects and the new words.
+    """
     p = get_profile(profile)
     return ClipConfig(
-        model_name=p.size("clip.model"),
+        world=world, model_name=p.size("clip.model") + ("-geneval" if world == "geneval" else ""),
         train=TrainConfig(steps=p.size("clip.steps"), batch_size=p.size("clip.batch_size"), lr=p.size("clip.lr"),
                           warmup_steps=p.size("clip.warmup_steps")),
         n_train=p.size("clip.n_train"),

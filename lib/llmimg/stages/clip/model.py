@@ -31,7 +31,7 @@ from llmimg.core.folders import first_line
 from llmimg.core.loading import check_config, check_finite
 from llmimg.core.store import (CheckpointError, Manifest, quiet_libraries, read_manifest, require_folder, save_model,
                                save_tensors)
-from llmimg.core.text import check_tokenizer, encode, train_tokenizer
+from llmimg.core.text import check_tokenizer, encode, world_tokenizer
 from llmimg.stages.clip.config import CONFIG_DIR, FORMAT, RETRAIN, STAGE, ClipConfig, default_config, model_config
 
 IMAGE_MEAN = (0.5, 0.5, 0.5)  # maps [0, 1] pixels to [-1, 1]
@@ -212,10 +212,13 @@ def build(config: ClipConfig | None = None) -> ShapesCLIP:
 
     config = config or default_config()
     _register_configs()
-    tokenizer = train_tokenizer()
+    tokenizer = world_tokenizer(config.world)
     cfg = model_config(config.model_name)
     if len(tokenizer) > cfg["text_cfg"]["vocab_size"]:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, more than the config's vocab_size")
+    if tokenizer.model_max_length != cfg["text_cfg"]["context_length"]:
+        raise ValueError(f"the {config.world} world's texts take {tokenizer.model_max_length} tokens, but the "
+                         f"model config {config.model_name!r} reads {cfg['text_cfg']['context_length']}")
     with seeding.isolated(config.seed, "init"), _quiet_open_clip():
         model = open_clip.create_model(config.model_name, device="cpu")
     return ShapesCLIP(model, tokenizer, config)

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from llmimg.core import seeding
-from llmimg.core.data import ATTRIBUTES, Scene, ShapesWorld, describe
+from llmimg.core.data import ATTRIBUTES, Scene, describe
+from llmimg.core.data.worlds import world_samples
 from llmimg.core.store import Manifest
 from llmimg.core.text import encode
 from llmimg.core.training import fit
@@ -55,10 +56,10 @@ def hard_negative(scene: Any, rng: np.random.Generator) -> Any:
 
 
 class ClipBank:
-    """The training set: ``n`` ShapesWorld scenes rendered and tokenised once, drawn from by step."""
+    """The training set: ``n`` scenes of ``world`` rendered and tokenised once, drawn from by step."""
 
-    def __init__(self, n: int, tokenizer: Any, seed: int = 0, split: str = "train") -> None:
-        samples = list(ShapesWorld(seed=seed).samples(n, split))
+    def __init__(self, n: int, tokenizer: Any, seed: int = 0, split: str = "train", world: str = "shapes") -> None:
+        samples = world_samples(world, n, split, seed=seed)
         rng = seeding.numpy_rng(seed, "bank")
         self.images = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).contiguous()
         self.descriptions = encode(tokenizer, [s.description for s in samples], check=False)["input_ids"]
@@ -113,7 +114,7 @@ def train(config: ClipConfig | None = None, *, work_dir: str | Path | None = Non
 
     config = config or default_config()
     clip = build(config)
-    bank = ClipBank(config.n_train, clip.tokenizer, seed=config.seed)
+    bank = ClipBank(config.n_train, clip.tokenizer, seed=config.seed, world=config.world)
     criterion = ClipLoss()
 
     def loss(model: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:

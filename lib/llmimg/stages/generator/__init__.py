@@ -32,17 +32,19 @@ def key(config: GeneratorConfig, text_encoder: TextEncoder) -> dict:
 
 
 def get(profile: str | Profile | None = None, *, config: GeneratorConfig | None = None,
-        clip: clip_stage.ShapesCLIP | None = None, force: bool = False, progress: bool = True) -> ShapesGenerator:
+        clip: clip_stage.ShapesCLIP | None = None, force: bool = False, progress: bool = True,
+        world: str = "shapes") -> ShapesGenerator:
     """The profile's trained generator, from the model cache, trained first (with a progress bar) if missing.
 
-    Its text encoder is ``clip`` (default: the profile's CLIP). Same profile and
+    Its text encoder is ``clip`` (default: the profile's CLIP of ``world``), and it learns
+    that CLIP's world (:func:`~llmimg.core.text.world_of` its tokenizer). Same profile and
     identity → trained once, then loaded; ``force=True`` retrains. The learning curve
     is scored along training at ``config.curve_every``; a cached generator keeps the
     curve of the run that trained it.
     """
     profile = get_profile(profile)
     config = config or default_config(profile)
-    clip = clip or clip_stage.get(profile, progress=progress)
+    clip = clip or clip_stage.get(profile, progress=progress, world=world)
 
     def build_into(out, work) -> None:
         train(config, clip, work_dir=work, progress=progress).save_pretrained(out)

@@ -52,6 +52,7 @@ class TextEncoder(Protocol):
     width: int
     path: Path | None
     stage: str
+    tokenizer: Any  # whose vocabulary names the world the texts come from (llmimg.core.text.world_of)
 
     def token_states(self, texts: list[str], check: bool = False) -> tuple[torch.Tensor, torch.Tensor]: ...
 

@@ -20,7 +20,9 @@ import torch
 
 from llmimg.core import seeding
 from llmimg.core.data import ShapesWorld
+from llmimg.core.data.worlds import world_samples
 from llmimg.core.evaluation import shapes_eval
+from llmimg.core.text import world_of
 from llmimg.core.training import fit
 from llmimg.stages.generator.config import GeneratorConfig
 from llmimg.stages.generator.model import ShapesGenerator, TextEncoder, encoder_upstream
@@ -39,10 +41,13 @@ class Bank:
         return len(self.descriptions)
 
 
-def make_bank(config: GeneratorConfig) -> Bank:
-    """Render the ``n_train`` training samples of ``config`` once (thousands per second)."""
-    world = ShapesWorld(seed=config.data_seed, max_objects=config.max_objects)
-    samples = list(world.samples(config.n_train, "train"))
+def make_bank(config: GeneratorConfig, world: str = "shapes") -> Bank:
+    """Render the ``n_train`` training samples of ``config`` in ``world`` once (thousands per second).
+
+    Today's world draws scenes of up to ``config.max_objects`` objects; the GenEval-shaped
+    world its categories' scenes of 1 to 4.
+    """
+    samples = world_samples(world, config.n_train, "train", seed=config.data_seed, max_objects=config.max_objects)
     images = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).contiguous()
     return Bank(images, [s.description for s in samples], [s.prompt for s in samples])
 
@@ -137,7 +142,7 @@ def train(config: GeneratorConfig, text_encoder: TextEncoder, *, work_dir: str |
     with seeding.isolated(config.train.seed, "init"):
         unet = build_unet(config, text_encoder.width)
     scheduler = build_scheduler(config)
-    bank = make_bank(config)
+    bank = make_bank(config, world_of(text_encoder.tokenizer))  # the text encoder's world
     on_step = None
     if config.curve_every:
         samples = ShapesWorld(seed=config.data_seed, max_objects=1).samples(config.curve_n, "val")

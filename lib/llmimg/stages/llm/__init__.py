@@ -35,11 +35,15 @@ def key(config: LLMConfig, clip: clip_stage.ShapesCLIP) -> dict:
 
 
 def get(profile: str | Profile | None = None, *, config: LLMConfig | None = None,
-        clip: clip_stage.ShapesCLIP | None = None, force: bool = False, progress: bool = True) -> ShapesLLM:
-    """The profile's trained LLM (on ``clip``, default the profile's CLIP) from the cache, trained first if missing."""
+        clip: clip_stage.ShapesCLIP | None = None, force: bool = False, progress: bool = True,
+        world: str = "shapes") -> ShapesLLM:
+    """The profile's trained LLM from the cache, trained first if missing.
+
+    It is built on ``clip`` (default: the profile's CLIP of ``world``) and learns that CLIP's world.
+    """
     profile = get_profile(profile)
     config = config or default_config(profile)
-    clip = clip or clip_stage.get(profile, progress=progress)
+    clip = clip or clip_stage.get(profile, progress=progress, world=world)
 
     def build_into(out, work) -> None:
         llm = train(config, clip, work_dir=work, progress=progress)

@@ -13,6 +13,7 @@ from llmimg.core import seeding
 from llmimg.core.data import (ParseError, ShapesWorld, complete_prompt, parse_description, parse_prompt,
                               prompt_matches)
 from llmimg.core.evaluation import standard_error
+from llmimg.core.text import world_of
 from llmimg.stages.llm.config import MAX_TRIES
 from llmimg.stages.llm.writer import ShapesLLM, prompt_seeds
 
@@ -103,9 +104,53 @@ def caption_scores(scenes: list[Any], outputs: list[str]) -> dict[str, float]:
     return {"caption_valid_rate": valid / len(scenes), "caption_accuracy": exact / len(scenes)}
 
 
+def evaluate_planner(llm: ShapesLLM, n: int = 500, seed: int = 0, batch_size: int = 250) -> dict[str, Any]:
+    """The LLM metrics of the GenEval-shaped world: the layout planner's faithfulness per category, and captions.
+
+    ``n`` prompts of the ``val`` split and ``n`` of the ``heldout`` split (compositions no
+    stage saw in training) are upsampled with the checker (``planner_faithful*``) and
+    without it, the model's first draws (``model_planner_faithful*``); a description is
+    faithful when the planner's checker finds nothing wrong: every object, the count, the
+    stated attributes and cells, every relation. Per category: ``<key>_<category>``. Greedy
+    captions of the ``val`` scenes give ``caption_accuracy``. Every rate has its standard
+    error (``<key>_se``) and its number of prompts (``n_<category>``).
+    """
+    from llmimg.core.data.geneval import CATEGORIES
+    from llmimg.core.data.worlds import prompt_followed, world_samples
+
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {"world": "geneval"}
+
+    def put(key: str, kept: np.ndarray) -> None:
+        out[key], out[f"{key}_se"] = float(kept.mean()), standard_error(float(kept.mean()), len(kept))
+
+    for split, prefix in (("val", ""), ("heldout", "heldout_")):
+        samples = world_samples("geneval", n, split, seed=seed)
+        prompts, seeds = [s.prompt for s in samples], prompt_seeds(seed, n)
+        categories = np.array([s.category for s in samples])
+        for key, tries in (("planner_faithful", MAX_TRIES), ("model_planner_faithful", 1)):
+            written = [d for start in range(0, n, batch_size)
+                       for d in llm.upsample(prompts[start:start + batch_size], seed=seeds[start:start + batch_size],
+                                             max_tries=tries)]
+            kept = np.array([prompt_followed("geneval", p, d) for p, d in zip(prompts, written)], dtype=float)
+            put(f"{prefix}{key}", kept)
+            for category in CATEGORIES:
+                if (categories == category).any():
+                    put(f"{prefix}{key}_{category}", kept[categories == category])
+                    out[f"n_{prefix}{category}"] = int((categories == category).sum())
+        if split == "val":
+            written = [c for start in range(0, n, batch_size)
+                       for c in llm.caption(np.stack([s.image for s in samples[start:start + batch_size]]))]
+            for key, rate in caption_scores([s.scene for s in samples], written).items():
+                out[key], out[f"{key}_se"] = rate, standard_error(rate, n)
+    return {**out, "n": n, "seconds": time.perf_counter() - t0}
+
+
 def evaluate(llm: ShapesLLM, n: int = 500, split: str = "val", seed: int = 0,
              batch_size: int = 250) -> dict[str, Any]:
     """The LLM metrics of ``llmimg eval llm`` on ``n`` held-out scenes: upsampling (sampled) and captioning (greedy).
+
+    An LLM of the GenEval-shaped world is scored by :func:`evaluate_planner` instead.
 
     Upsampling is scored as the upsampler works, with its checker (redraws of
     descriptions that contradict the prompt, :meth:`ShapesLLM.upsample_from`), and, under
@@ -115,6 +160,9 @@ def evaluate(llm: ShapesLLM, n: int = 500, split: str = "val", seed: int = 0,
     again on ``n`` scenes of the compositional ``heldout`` split
     (``heldout_caption_accuracy``). Every rate has its standard error (``<key>_se``).
     """
+    if world_of(llm.tokenizer) == "geneval":
+        return evaluate_planner(llm, n, seed, batch_size)
+
     def captions(samples: list[Any]) -> list[str]:
         return [c for start in range(0, len(samples), batch_size)
                 for c in llm.caption(np.stack([s.image for s in samples[start:start + batch_size]]))]
@@ -155,5 +203,5 @@ def evaluate(llm: ShapesLLM, n: int = 500, split: str = "val", seed: int = 0,
             "n_two_objects": by_objects[2], "n": n, "seconds": seconds}
 
 
-__all__ = ["HEADLINE", "OPEN_ATTRIBUTES", "caption_scores", "evaluate", "open_attributes", "total_variation",
+__all__ = ["HEADLINE", "OPEN_ATTRIBUTES", "caption_scores", "evaluate", "evaluate_planner", "open_attributes", "total_variation",
            "upsampling_scores"]

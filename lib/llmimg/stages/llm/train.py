@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from llmimg.core import seeding
-from llmimg.core.data import ShapesWorld, describe_in_prompt_order
+from llmimg.core.data.worlds import upsample_target, world_samples
 from llmimg.core.store import quiet_libraries
-from llmimg.core.text import encode
+from llmimg.core.text import encode, world_of
 from llmimg.core.training import fit
 from llmimg.stages.clip import ShapesCLIP
 from llmimg.stages.llm.config import TASKS, LLMConfig
@@ -23,6 +23,8 @@ from llmimg.stages.llm.writer import ShapesLLM, build
 class LLMBank:
     """Training examples: frozen-CLIP features of ``n`` scenes' images and prompts, and their descriptions.
 
+    The scenes are of the CLIP's world (:func:`~llmimg.core.text.world_of` its tokenizer).
+
     With ``read_context`` it also keeps each prompt's token ids and each image's CLIP
     patch tokens (in half precision: 20,000 images of 16 patches take 80 MB). With
     ``prompt_order`` the upsampling targets name the objects in the prompt's order.
@@ -30,7 +32,7 @@ class LLMBank:
 
     def __init__(self, n: int, clip: ShapesCLIP, seed: int = 0, split: str = "train",
                  chunk: int = 1000, read_context: bool = True, prompt_order: bool = True) -> None:
-        samples = list(ShapesWorld(seed=seed).samples(n, split))
+        samples = world_samples(world_of(clip.tokenizer), n, split, seed=seed)  # the CLIP's world
         images, prompts, patches = [], [], []
         for start in range(0, n, chunk):
             part = samples[start:start + chunk]
@@ -48,8 +50,7 @@ class LLMBank:
         # with its objects in the prompt's order; captions keep reading order.
         self.upsample_ids, self.upsample_mask = self.ids, self.mask
         if prompt_order:
-            enc = encode(clip.tokenizer, [describe_in_prompt_order(s.scene, s.prompt) for s in samples],
-                         check=False)
+            enc = encode(clip.tokenizer, [upsample_target(s) for s in samples], check=False)
             self.upsample_ids, self.upsample_mask = enc["input_ids"], enc["attention_mask"]
 
     def batch(self, step: int, batch_size: int, caption_rate: float, seed: int = 0) -> dict[str, Any]:

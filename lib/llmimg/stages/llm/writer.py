@@ -34,14 +34,15 @@ import numpy as np
 import torch
 
 from llmimg.core import seeding
-from llmimg.core.data import ParseError, faithful, parse_prompt, reading_order
+from llmimg.core.data import ParseError, reading_order
+from llmimg.core.data.worlds import parse_world_prompt, prompt_followed
 from llmimg.core.sampling import RowSampler
 from llmimg.core.folders import first_line
 from llmimg.core.loading import check_config, check_finite
 from llmimg.core.store import (CheckpointError, Manifest, quiet_libraries, read_manifest, require_folder, save_model,
                                upstream_folder)
-from llmimg.core.text import (BOS_ID, CONTEXT_LENGTH, EOS_ID, PAD_ID, UngrammaticalPromptError, decode, encode,
-                              for_text_generation, normalise_prompt)
+from llmimg.core.text import (BOS_ID, EOS_ID, PAD_ID, UngrammaticalPromptError, decode, encode, for_text_generation,
+                              normalise_prompt, world_of)
 from llmimg.stages.clip import ShapesCLIP
 from llmimg.stages.llm.config import FORMAT, MAX_TRIES, RETRAIN, STAGE, TASKS, LLMConfig
 from llmimg.stages.llm.model import ClipCapLM, Context, PrefixMapper, task_ids, trim_padding
@@ -116,7 +117,7 @@ class ShapesLLM:
     def generate(self, z: torch.Tensor, task: str, *, context: Context | None = None, do_sample: bool = True,
                  temperature: float = 1.0, top_k: int | None = None, num_beams: int = 1,
                  seeds: Sequence[int] | None = None, draw: int = 0, use_cache: bool = True,
-                 max_new_tokens: int = CONTEXT_LENGTH) -> list[str]:
+                 max_new_tokens: int | None = None) -> list[str]:
         """Descriptions written from CLIP embeddings ``z`` (B, embed_dim) with transformers' ``generate``.
 
         ``context`` is what GPT-2 reads beside the prefix (:meth:`context` builds it
@@ -126,8 +127,11 @@ class ShapesLLM:
         ``(seeds[k], "describe", draw)`` (fresh seeds when ``seeds`` is None).
         ``use_cache`` is passed on, but transformers keeps the KV cache on when generating
         from ``inputs_embeds`` (as a prefix needs); notebook 04 times a loop without it.
+        ``max_new_tokens`` defaults to the context length (a description fits in it).
         """
         tasks = task_ids(task, len(z), self.device)
+        context_length = self.tokenizer.model_max_length
+        max_new_tokens = context_length if max_new_tokens is None else max_new_tokens
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
                 or not math.isfinite(temperature) or temperature <= 0:
             raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
@@ -138,8 +142,8 @@ class ShapesLLM:
         if do_sample and num_beams > 1:
             raise ValueError("beam search is deterministic: use num_beams > 1 with do_sample=False")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
-                or not 1 <= max_new_tokens <= CONTEXT_LENGTH:
-            raise ValueError(f"max_new_tokens must be between 1 and {CONTEXT_LENGTH} (a description fits in the "
+                or not 1 <= max_new_tokens <= context_length:
+            raise ValueError(f"max_new_tokens must be between 1 and {context_length} (a description fits in the "
                              f"context), got {max_new_tokens!r}")
         if self.config.read_context and context is None:
             raise ValueError("this LLM reads a context beside the prefix: pass context=llm.context(prompts=...) "
@@ -217,9 +221,10 @@ class ShapesLLM:
         """
         if isinstance(max_tries, bool) or not isinstance(max_tries, int) or max_tries < 1:
             raise ValueError(f"max_tries must be a whole number of at least 1, got {max_tries!r}")
+        world = world_of(self.tokenizer)
         for p in prompts:
             try:
-                parse_prompt(p)
+                parse_world_prompt(world, p)
             except ParseError as err:
                 raise UngrammaticalPromptError(f"the prompt {p[:80]!r} is not in ShapesWorld's grammar ({err}); "
                                                "pass it through llm.upsample or normalise_prompt first") from None
@@ -229,14 +234,14 @@ class ShapesLLM:
         draws = [1] * len(out)
         tries = max_tries if kwargs.get("do_sample", True) else 1
         for attempt in range(1, tries):
-            redo = [i for i, (p, d) in enumerate(zip(prompts, out)) if not faithful(p, d)]
+            redo = [i for i, (p, d) in enumerate(zip(prompts, out)) if not prompt_followed(world, p, d)]
             if not redo:
                 break
             again = self.generate(z[redo], "upsample", context=None if context is None else context.rows(redo),
                                   seeds=[seeds[i] for i in redo], draw=attempt, **kwargs)
             for i, d in zip(redo, again):
                 out[i], draws[i] = d, draws[i] + 1
-        kept = [faithful(p, d) for p, d in zip(prompts, out)]
+        kept = [prompt_followed(world, p, d) for p, d in zip(prompts, out)]
         out = in_reading_order(out)
         if details:
             return Written(out, draws, kept)
@@ -301,9 +306,10 @@ class ShapesLLM:
 
 def gpt2_config(config: LLMConfig, clip: ShapesCLIP) -> dict[str, Any]:
     """GPT-2's config values for an LLM of ``config`` on ``clip``: what :func:`build` makes and loading checks."""
-    reads = max(clip.n_patches, CONTEXT_LENGTH) if config.read_context else 0  # the longest context
+    context = clip.tokenizer.model_max_length  # the longest text, prompt or description, of the CLIP's world
+    reads = max(clip.n_patches, context) if config.read_context else 0  # the longest context
     return {"model_type": "gpt2", "vocab_size": len(clip.tokenizer),
-            "n_positions": config.prefix_length + reads + 1 + CONTEXT_LENGTH, "n_embd": config.n_embd,
+            "n_positions": config.prefix_length + reads + 1 + context, "n_embd": config.n_embd,
             "n_layer": config.n_layer, "n_head": config.n_head, "bos_token_id": BOS_ID, "eos_token_id": EOS_ID,
             "pad_token_id": PAD_ID}
 

@@ -1,0 +1,101 @@
+"""The pipeline on the evaluation protocol (issue 26): every prompt set drawn with the LLM on and off, paired.
+
+:func:`draw_eval_set` draws every image of a prompt set (:mod:`llmimg.core.evaluation.protocol`):
+image j of a prompt gets the noise of its fixed seed, and the LLM's seed is read from the
+same generator, so the LLM on and off draw from the same noise. :func:`evaluate_protocol`
+does it both ways, judges every image against the prompt as typed, and compares the two
+settings category by category with the course's paired rule
+(:func:`~llmimg.core.evaluation.protocol.compare_settings`: a difference is real at two
+paired standard errors). It also reports the planner's faithfulness: the share of prompts
+whose description, after the checker's redraws, keeps everything the prompt asks for.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from llmimg.core.data.geneval import CATEGORIES
+from llmimg.core.evaluation.protocol import EvalSet, compare_settings, judge_protocol, load_eval_set
+from llmimg.core.evaluation.statistics import rate_with_se
+from llmimg.core.text import world_of
+
+SETTINGS: dict[str, bool] = {"llm_on": True, "llm_off": False}  # setting name -> the pipeline's `upsample`
+
+
+def subset(eval_set: EvalSet, n_per_category: int | None) -> EvalSet:
+    """The first ``n_per_category`` prompts of each category (all of them for None): a smaller run, same seeds."""
+    if n_per_category is None:
+        return eval_set
+    if n_per_category < 1:
+        raise ValueError(f"n_per_category must be at least 1, got {n_per_category}")
+    seen: dict[str, int] = {}
+    items = []
+    for item in eval_set.items:
+        seen[item.category] = seen.get(item.category, 0) + 1
+        if seen[item.category] <= n_per_category:
+            items.append(item)
+    return EvalSet(eval_set.split, eval_set.version, eval_set.images_per_prompt, tuple(items))
+
+
+def draw_eval_set(pipe: Any, eval_set: EvalSet, *, upsample: bool, num_inference_steps: int | None = None,
+                  batch_size: int = 256, progress: bool = False) -> tuple[np.ndarray, list[bool] | None]:
+    """Every image of ``eval_set`` (uint8, (N, H, W, 3), in the set's order) and, with the LLM on, each image's
+    faithfulness (whether its description keeps everything the prompt asks for)."""
+    from tqdm.auto import tqdm
+
+    prompts, seeds = eval_set.image_prompts(), eval_set.image_seeds()
+    options = {} if num_inference_steps is None else {"num_inference_steps": num_inference_steps}
+    images, faithful = [], []
+    for start in tqdm(range(0, len(prompts), batch_size), desc="llm on" if upsample else "llm off",
+                      disable=not progress, leave=False):
+        rows = slice(start, start + batch_size)
+        generators = [torch.Generator().manual_seed(s) for s in seeds[rows]]
+        out = pipe(prompts[rows], generator=generators, upsample=upsample, output_type="np", **options)
+        images.append((np.clip(out.images, 0, 1) * 255).round().astype(np.uint8))
+        faithful += out.faithful or []
+    return np.concatenate(images), (faithful if upsample else None)
+
+
+def evaluate_protocol(pipe: Any, split: str = "val", *, n_per_category: int | None = None,
+                      num_inference_steps: int | None = None, progress: bool = False) -> dict[str, Any]:
+    """The pipeline on the ``split`` prompt set, LLM on and off: per-category rates, paired verdicts, planner faithfulness.
+
+    Returns plain values for JSON: ``llm_on`` and ``llm_off`` (each a
+    :meth:`~llmimg.core.evaluation.protocol.ProtocolScore.as_dict`: ``overall`` and
+    ``categories``, each with ``rate``, ``se``, ``n_images`` and ``n_prompts``), ``paired``
+    (per category and ``overall``: LLM on minus off, its paired standard error, McNemar's
+    counts and p, the verdict and a sentence), ``planner_faithful`` (per category and
+    overall, with ``se`` and ``n``), the set's ``split`` and ``version``, and ``seconds``.
+    """
+    if world_of(pipe.tokenizer) != "geneval":
+        raise ValueError("the protocol's prompts (counts, relations) are in the GenEval-shaped world's language: "
+                         "evaluate a pipeline of that world (llmimg.pipelines.shapes.get(world='geneval'))")
+    eval_set = subset(load_eval_set(split), n_per_category)
+    t0 = time.perf_counter()
+    scores, faithful = {}, None
+    for name, upsample in SETTINGS.items():
+        images, kept = draw_eval_set(pipe, eval_set, upsample=upsample, num_inference_steps=num_inference_steps,
+                                     progress=progress)
+        scores[name] = judge_protocol(eval_set, images)
+        faithful = kept if upsample else faithful
+    paired = {}
+    for category in (None, *CATEGORIES):
+        d = compare_settings(scores["llm_on"], scores["llm_off"], category)
+        paired[category or "overall"] = {**d.as_dict(), "verdict": d.verdict("llm_on", "llm_off"),
+                                         "sentence": d.sentence("LLM on", "LLM off")}
+    # One description per prompt and seed; the planner is judged per image drawn.
+    kept = np.array(faithful, dtype=float)
+    categories = np.array([item.category for item in eval_set.items for _ in item.seeds])
+    planner = {c: rate_with_se(kept[categories == c])._asdict() for c in CATEGORIES if (categories == c).any()}
+    planner["overall"] = rate_with_se(kept)._asdict()
+    return {"protocol": scores["llm_on"].as_dict()["protocol"], "version": eval_set.version, "split": split,
+            "n_prompts": len(eval_set), "images_per_prompt": eval_set.images_per_prompt,
+            **{name: score.as_dict() for name, score in scores.items()}, "paired": paired,
+            "planner_faithful": planner, "seconds": time.perf_counter() - t0}
+
+
+__all__ = ["SETTINGS", "draw_eval_set", "evaluate_protocol", "subset"]
