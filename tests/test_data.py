@@ -31,6 +31,7 @@ from llmimg.core.data import (
     parse_prompt,
     faithful,
     prompt_matches,
+    read_prompt,
     reading_order,
     render,
     render_masks,
@@ -189,11 +190,21 @@ def test_attribute_distribution_is_uniform_where_unconstrained():
         ("red circle", "start with 'a'"),
         ("a red circle in the sky", "unknown position 'sky'"),
         ("a red circle on top", "unexpected 'on top'"),
+        ("a red circle at the top left", "a position starts with 'in the'"),
     ],
 )
 def test_parse_errors_are_clear(text, message):
     with pytest.raises(ParseError, match=message):
         parse_prompt(text)
+
+
+def test_positions_read_only_in_the():
+    """'at' is not a word of the tokenizer, so no one can type it: the grammar has only 'in the'."""
+    with pytest.raises(ParseError, match="a position starts with 'in the'"):
+        parse_description("a large red circle at the top left")
+    with pytest.raises(ParseError, match="'at the top' cannot follow it"):
+        read_prompt("a red circle at the top left".split())
+    assert read_prompt("a red circle in the top left".split()) == (PartialObject("circle", "red", None, "top left"),)
 
 
 def test_parse_description_requires_every_attribute():
@@ -204,7 +215,7 @@ def test_parse_description_requires_every_attribute():
 
 
 def test_parser_is_lenient_on_case_spacing_articles_and_full_stop():
-    scene = parse_description("  A large  orange circle at the top left and an small red cross in the center.")
+    scene = parse_description("  A large  orange circle in the top left and an small red cross in the center.")
     assert scene == Scene((ShapeObject("top left", "circle", "orange", "large"),
                            ShapeObject("center", "cross", "red", "small")))
     assert describe(scene) == "a large orange circle in the top left and a small red cross in the center"

@@ -60,6 +60,7 @@ def test_every_prompt_of_todays_world_reads_the_same():
     ("two crosss", "unknown word 'crosss'"),
     ("five circles", "expected 'a', 'an' or a number"),
     ("three circles in the top left", "cannot share one cell"),
+    ("a circle at the top left", "a cell reads 'in the top left', not 'at the top left'"),
     ("a circle to the left a square", "unexpected 'to the left a'"),
     ("a circle above", "got nothing"),
     ("a circle in the center above a square", "a cell and a relation"),

@@ -67,6 +67,21 @@ def test_check_passes_on_its_own_run_and_names_a_reference_moved_out_of_toleranc
     assert "1 of 2 numbers drifted or are missing: llm.caption_accuracy" in results.format_table(rows)
 
 
+def test_written_reference_keeps_each_numbers_se_and_n(tmp_path):
+    _fake_run(tmp_path)
+    results.record({"seconds": 3.5, "seconds_se": 0.25}, prefix="speed.", profile="default", root=tmp_path)
+    results.record({"count": 12.0}, prefix="misc.", profile="default", root=tmp_path)  # no spread: unchecked
+    written = results.write_reference(tmp_path, "default")
+    on_disk = json.loads(results.reference_path(tmp_path, "default").read_text())
+    assert on_disk == written and results.load_reference(tmp_path, "default") == written
+    numbers = {n["name"]: n for n in on_disk["numbers"]}
+    assert numbers["clip.text_to_image_top1"]["n"] == 1000 and "se" not in numbers["clip.text_to_image_top1"]
+    assert numbers["llm.caption_accuracy"]["se"] == 0.01 and numbers["llm.caption_accuracy"]["n"] == 500
+    assert numbers["speed.seconds"]["se"] == 0.25 and "n" not in numbers["speed.seconds"]
+    assert on_disk["unchecked"] == ["misc.count"]
+    assert all(r.ok for r in results.check(tmp_path, "default"))
+
+
 def test_a_number_the_run_did_not_record_fails_the_check(tmp_path):
     _fake_run(tmp_path)
     results.results_path(tmp_path).write_text(json.dumps({"default": {}}))
@@ -100,6 +115,8 @@ def test_a_broken_results_file_is_a_clear_error(tmp_path):
     ("results", {"default": {"clip.x": {"value": "high"}}}, "default/clip.x is not a recorded number"),
     ("reference", {}, "default.json has no list of numbers; restore it with `git checkout"),
     ("reference", {"numbers": [{"name": "clip.x", "value": 1.0}]}, "number 1 is not a name, a value, a tolerance"),
+    ("reference", {"numbers": [{"name": "clip.x", "value": 1.0, "tolerance": 0.1, "se": "small"}]},
+     "number 1 is not a name, a value, a tolerance"),
     ("reference", [1, 2], "has no list of numbers"),
 ])
 def test_check_only_with_files_of_the_wrong_shape_is_one_line(tmp_path, monkeypatch, capsys, which, content, message):

@@ -5,7 +5,8 @@ within, then a one-line verdict), read straight from the JSON files rather than 
 the library, so the site does not depend on llmimg's internals:
 
 * ``data/reference/<profile>.json``: ``{"profile", "tolerance" (how tolerances were set),
-  "numbers": [{"name", "value", "tolerance", "notebook"}], "unchecked": [...]}``;
+  "numbers": [{"name", "value", "tolerance", "se" and "n" (where recorded), "notebook"}],
+  "unchecked": [...]}``;
 * ``build/results.json`` (the last run, if any): ``{profile: {name: {"value", ...}}}``.
 
 A number is within when ``|got - reference| <= tolerance`` (plus 1e-9 for the reference's

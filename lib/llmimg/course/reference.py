@@ -182,7 +182,9 @@ def write_reference(root: Path, profile: str | Profile | None = None,
                     seed_spread: Mapping[str, Sequence[float]] | None = None) -> dict[str, Any]:
     """Write ``data/reference/<profile>.json`` from the run's recorded numbers; return it.
 
-    Each number whose spread is measured (:func:`tolerance`) becomes a reference; the
+    Each number whose spread is measured (:func:`tolerance`) becomes a reference, with
+    the evaluation's standard error ``"se"`` and its number of trials ``"n"`` where the
+    run recorded them, so that the sampling error stands beside the tolerance; the
     others are listed under ``"unchecked"`` so that nothing is dropped silently.
     """
     profile = get_profile(profile)
@@ -196,8 +198,13 @@ def write_reference(root: Path, profile: str | Profile | None = None,
         if tol is None:
             unchecked.append(name)
             continue
-        numbers.append({"name": name, "value": round(entry["value"], 6), "tolerance": tol,
-                        "notebook": entry.get("notebook", "")})
+        number = {"name": name, "value": round(entry["value"], 6), "tolerance": tol}
+        if entry.get("se") is not None:
+            number["se"] = round(float(entry["se"]), 6)
+        if entry.get("n") is not None:
+            number["n"] = int(entry["n"])
+        number["notebook"] = entry.get("notebook", "")
+        numbers.append(number)
     reference = {
         "profile": profile.name,
         "tolerance": f"{SIGMAS:g} standard deviations of the difference of two runs: the larger of the "
@@ -228,9 +235,10 @@ def load_reference(root: Path, profile: str | Profile | None = None) -> dict[str
         raise ValueError(f"data/reference/{path.name} has no list of numbers; {fix}")
     for k, ref in enumerate(numbers):
         if not (isinstance(ref, dict) and isinstance(ref.get("name"), str) and _is_number(ref.get("value"))
-                and _is_number(ref.get("tolerance")) and isinstance(ref.get("notebook", ""), str)):
+                and _is_number(ref.get("tolerance")) and isinstance(ref.get("notebook", ""), str)
+                and all(ref.get(key) is None or _is_number(ref[key]) for key in ("se", "n"))):
             raise ValueError(f"data/reference/{path.name}: number {k + 1} is not a name, a value, a tolerance and a "
-                             f"notebook; {fix}")
+                             f"notebook (with its se and n where known); {fix}")
     return reference
 
 

@@ -8,7 +8,7 @@
 Both follow one grammar, so one parser reads both::
 
     caption := phrase (" and " phrase)*
-    phrase  := ("a" | "an") [size] [colour] shape [("in the" | "at the") position]
+    phrase  := ("a" | "an") [size] [colour] shape ["in the" position]
 
 :func:`parse_description` insists on every attribute and returns the exact
 :class:`~llmimg.core.data.world.Scene`; later notebooks use it to score what the language
@@ -126,7 +126,7 @@ def _parse_phrase(words: list[str], number: int) -> PartialObject:
     shape, i = words[i], i + 1
     position = None
     if i < len(words):
-        if words[i:i + 2] not in (["in", "the"], ["at", "the"]):
+        if words[i:i + 2] != ["in", "the"]:
             raise ParseError(f"{where}: unexpected {' '.join(words[i:])!r} after the shape "
                              "(a position starts with 'in the')")
         rest = words[i + 2:]
@@ -191,7 +191,7 @@ def read_prompt(words: list[str]) -> tuple[PartialObject, ...]:
                              f"[in the position], the shapes are {', '.join(SHAPES)}")
         shape, i = words[i], i + 1
         position = None
-        if i < n and words[i] in ("in", "at"):
+        if i < n and words[i] == "in":
             j = i + 1 + (i + 1 < n and words[i + 1] == "the")
             found = position_at(j)
             if found is None:

@@ -189,7 +189,9 @@ def _read_group(words: list[str], i: int, number: int) -> tuple[Group, int]:
                          f"(shapes: {', '.join(SHAPES)})")
     i += 1
     position = None
-    if words[i:i + 2] in (["in", "the"], ["at", "the"]):
+    if words[i:i + 1] == ["at"]:
+        raise ParseError(f"{where}: a cell reads 'in the {POSITIONS[0]}', not {' '.join(words[i:i + 4])!r}")
+    if words[i:i + 2] == ["in", "the"]:
         if count > 1:
             raise ParseError(f"{where}: {first} {PLURALS[shape]} cannot share one cell; only a single object "
                              "is given a cell")
