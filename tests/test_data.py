@@ -313,7 +313,8 @@ def test_dataset_items_and_batches():
 def test_faithful_checks_parsing_and_the_stated_attributes():
     prompt = "a red circle and a square in the top left"
     assert faithful(prompt, "a large white square in the top left and a small red circle in the center")
-    assert not faithful(prompt, "a large red square in the top left and a small blue circle in the center")  # colour moved
+    moved = "a large red square in the top left and a small blue circle in the center"  # the colour moved
+    assert not faithful(prompt, moved)
     assert not faithful(prompt, "a large red circle in the top left and a small blue square in the center")  # swapped
     assert not faithful(prompt, "a large red circle in the center")  # an object missing
     assert not faithful(prompt, "a large red circle in the center and a")  # does not parse

@@ -31,13 +31,14 @@ def train_command(args: argparse.Namespace) -> int:
     import time
 
     t0 = time.perf_counter()
+    if args.world != "shapes":
+        _check_world_stage("train", args.stage)
     if args.stage == "joint":
         return _train_joint(args)
     if (args.regime, args.lam) != (None, None):
         raise SystemExit("llmimg train: --regime and --lam are for 'llmimg train joint' only")
     options = {"steps": args.steps} if args.stage == "distilled" else {}
     if args.world != "shapes":
-        _check_world_stage("train", args.stage)
         options["world"] = args.world
     model = _stage(args.stage).get(args.profile, force=args.force, progress=not args.no_progress, **options)
     manifest = model.manifest
@@ -98,6 +99,10 @@ def _train_joint_distributed(args: argparse.Namespace, state) -> int:
 def eval_command(args: argparse.Namespace) -> int:
     from llmimg.core.config import get_profile
 
+    if args.world != "shapes":
+        _check_world_stage("eval", args.stage)
+        if args.stage == "pipeline":
+            return _eval_protocol(args)
     if args.stage == "joint":
         from llmimg.research import joint
 
@@ -115,10 +120,6 @@ def eval_command(args: argparse.Namespace) -> int:
             print(summary["verdict"])
         return 0
 
-    if args.world != "shapes":
-        _check_world_stage("eval", args.stage)
-        if args.stage == "pipeline":
-            return _eval_protocol(args)
     stage = _stage(args.stage)
     n = args.n or get_profile(args.profile).size(f"{args.stage}.eval_n")
     minimum = getattr(stage, "MIN_EVAL_N", 1)
@@ -148,7 +149,12 @@ def _eval_protocol(args: argparse.Namespace) -> int:
 
     pipe = shapes.get(args.profile, progress=not args.no_progress, world=args.world)
     n = args.n or get_profile(args.profile).size("pipeline.protocol_n")
-    result = {"stage": "pipeline", "profile": get_profile(args.profile).name, "world": args.world,
+    # Each stage's training time and the metrics its manifest keeps (the generator's: its curve's last point).
+    manifests = {name: _stage(name).get(args.profile, progress=False, world=args.world).manifest
+                 for name in ("clip", "llm", "generator")}
+    stages = {name: {"train_seconds": m.seconds, "metrics": m.metrics or (m.curve[-1] if m.curve else {})}
+              for name, m in manifests.items()}
+    result = {"stage": "pipeline", "profile": get_profile(args.profile).name, "world": args.world, "stages": stages,
               **{split: protocol.evaluate_protocol(pipe, split, n_per_category=n, progress=not args.no_progress)
                  for split in ("val", "heldout")}}
     if args.json:

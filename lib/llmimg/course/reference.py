@@ -208,7 +208,8 @@ def write_reference(root: Path, profile: str | Profile | None = None,
     reference = {
         "profile": profile.name,
         "tolerance": f"{SIGMAS:g} standard deviations of the difference of two runs: the larger of the "
-                     "evaluation's sampling error and the spread over training seeds (llmimg.course.reference.tolerance)",
+                     "evaluation's sampling error and the spread over training seeds "
+                     "(llmimg.course.reference.tolerance)",
         "numbers": numbers,
         "unchecked": unchecked,
     }

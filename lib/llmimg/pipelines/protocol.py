@@ -62,7 +62,7 @@ def draw_eval_set(pipe: Any, eval_set: EvalSet, *, upsample: bool, num_inference
 
 def evaluate_protocol(pipe: Any, split: str = "val", *, n_per_category: int | None = None,
                       num_inference_steps: int | None = None, progress: bool = False) -> dict[str, Any]:
-    """The pipeline on the ``split`` prompt set, LLM on and off: per-category rates, paired verdicts, planner faithfulness.
+    """The pipeline on the ``split`` prompt set, LLM on and off: rates per category, paired verdicts, the planner.
 
     Returns plain values for JSON: ``llm_on`` and ``llm_off`` (each a
     :meth:`~llmimg.core.evaluation.protocol.ProtocolScore.as_dict`: ``overall`` and

@@ -327,8 +327,9 @@ class ShapesPipeline(DiffusionPipeline):
                 z = views.text_encoder.encode_text(prompts, check=False)
             # 4. Write: the LLM's description of each prompt, checked against it.
             with timer.stage("llm_generate"):
+                longest = writer.tokenizer.model_max_length - 2  # the words of a description, without <bos>, <eos>
                 written = writer.upsample_from(z, prompts, seeds=llm_seeds, do_sample=do_sample,
-                                               temperature=temperature, max_new_tokens=writer.tokenizer.model_max_length - 2,
+                                               temperature=temperature, max_new_tokens=longest,
                                                details=True)
             # An empty output would mean "no condition" to the generator: keep the prompt instead.
             descriptions = [d or p for d, p in zip(written.descriptions, prompts)]

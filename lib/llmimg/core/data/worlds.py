@@ -92,4 +92,5 @@ def read_prompt_words(world: str, words: list[str]) -> str:
     return format_prompt(read_prompt(words))
 
 
-__all__ = ["WORLDS", "check_world", "parse_world_prompt", "prompt_followed", "read_prompt_words", "upsample_target", "world_samples"]
+__all__ = ["WORLDS", "check_world", "parse_world_prompt", "prompt_followed", "read_prompt_words", "upsample_target",
+           "world_samples"]

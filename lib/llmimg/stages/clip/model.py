@@ -214,11 +214,12 @@ def build(config: ClipConfig | None = None) -> ShapesCLIP:
     _register_configs()
     tokenizer = world_tokenizer(config.world)
     cfg = model_config(config.model_name)
-    if len(tokenizer) > cfg["text_cfg"]["vocab_size"]:
-        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, more than the config's vocab_size")
-    if tokenizer.model_max_length != cfg["text_cfg"]["context_length"]:
-        raise ValueError(f"the {config.world} world's texts take {tokenizer.model_max_length} tokens, but the "
-                         f"model config {config.model_name!r} reads {cfg['text_cfg']['context_length']}")
+    text = cfg["text_cfg"]
+    if len(tokenizer) > text["vocab_size"] or tokenizer.model_max_length != text["context_length"]:
+        raise ValueError(f"the {config.world} world's tokenizer has {len(tokenizer)} tokens and a context of "
+                         f"{tokenizer.model_max_length}; the model config {config.model_name!r} holds "
+                         f"{text['vocab_size']} and reads {text['context_length']} (the geneval world takes the "
+                         "'-geneval' configs)")
     with seeding.isolated(config.seed, "init"), _quiet_open_clip():
         model = open_clip.create_model(config.model_name, device="cpu")
     return ShapesCLIP(model, tokenizer, config)

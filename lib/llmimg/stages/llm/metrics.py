@@ -203,5 +203,5 @@ def evaluate(llm: ShapesLLM, n: int = 500, split: str = "val", seed: int = 0,
             "n_two_objects": by_objects[2], "n": n, "seconds": seconds}
 
 
-__all__ = ["HEADLINE", "OPEN_ATTRIBUTES", "caption_scores", "evaluate", "evaluate_planner", "open_attributes", "total_variation",
-           "upsampling_scores"]
+__all__ = ["HEADLINE", "OPEN_ATTRIBUTES", "caption_scores", "evaluate", "evaluate_planner", "open_attributes",
+           "total_variation", "upsampling_scores"]
