@@ -208,3 +208,18 @@ def test_judging_renders_of_a_prompt_set_scores_one():
               for p, seed in zip(s.image_prompts(), s.image_seeds())]
     score = judge_protocol(s, np.stack(images))
     assert score.overall.rate == 1.0 and all(r.rate == 1.0 for r in score.per_category.values())
+
+
+def test_overall_is_compared_as_geneval_defines_it_the_mean_of_six_category_differences():
+    from llmimg.core.evaluation.protocol import compare_overall
+
+    s = _tiny_set()  # 2 prompts per category in CATEGORIES order, 2 images each; the cell's 2 prompts come last
+    a_correct, b_correct = np.ones((len(s), 2)), np.ones((len(s), 2))
+    b_correct[0] = 0  # single_object: b misses its first prompt entirely (a difference of 1/2 there)
+    b_correct[12:] = 0  # the cell: outside the overall, so it moves nothing here
+    a, b = score_protocol(s, a_correct), score_protocol(s, b_correct)
+    d = compare_overall(a, b)
+    assert d.diff == pytest.approx(0.5 / 6) and d.diff == pytest.approx(a.overall.rate - b.overall.rate)
+    one = compare_settings(a, b, "single_object")
+    assert d.se == pytest.approx(one.se / 6)  # the other five categories do not differ: se 0
+    assert d.n == 12 and (d.a_only, d.p_value) == (None, None)

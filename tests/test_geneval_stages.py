@@ -178,7 +178,12 @@ def test_evaluate_protocol_reports_rates_and_paired_verdicts_per_category(geneva
     assert set(paired) == {"overall", *result["llm_on"]["categories"]}
     for row in paired.values():
         assert row["verdict"] in ("within noise", "llm_on ahead", "llm_off ahead") and "paired se" in row["sentence"]
-    assert result["planner_faithful"]["overall"]["n"] == 28
+    assert result["planner_faithful"]["all"]["n"] == 28
+    # The record's per-image results give back its scores, to pair with a later run on the same set.
+    from llmimg.pipelines.protocol import score_from_record
+
+    again = score_from_record(result, "llm_off")
+    assert again.as_dict() == result["llm_off"] and len(result["per_image"]["llm_on"]) == 28
 
 
 def test_the_protocol_refuses_a_pipeline_of_todays_world(smoke_pipeline):
@@ -199,3 +204,33 @@ def test_subset_keeps_the_first_prompts_of_each_category():
     assert len(two) == 14 and two.image_seeds()[:4] == full.image_seeds()[:4]
     with pytest.raises(ValueError, match="at least 1"):
         subset(full, 0)
+
+
+def test_the_geneval_generator_draws_more_counting_scenes_and_todays_keeps_its_key():
+    from collections import Counter
+
+    from llmimg.stages import generator
+
+    today, geneval = generator.default_config("smoke"), generator.default_config("smoke", "geneval")
+    assert "category_weights" not in today.identity()
+    assert geneval.category_weights == generator.GENEVAL_CATEGORY_WEIGHTS
+    assert generator.GeneratorConfig.from_dict(geneval.as_dict()) == geneval  # JSON's lists come back as tuples
+    drawn = Counter(s.category for s in world_samples("geneval", 700, seed=1,
+                                                      category_weights=geneval.category_weights))
+    assert drawn["counting"] > 2 * max(n for c, n in drawn.items() if c != "counting")
+    bank = generator.make_bank(geneval, "geneval")
+    assert len(bank) == geneval.n_train and any(" and " in d for d in bank.descriptions)
+
+
+def test_the_geneval_recipes_are_compared_with_the_default_on_the_same_prompts_and_noise(geneval_pipeline, tmp_path,
+                                                                                        monkeypatch):
+    from llmimg.research import geneval_recipes
+
+    monkeypatch.setenv("LLMIMG_EXPERIMENTS_DIR", str(tmp_path))
+    record = geneval_recipes.run("smoke", n_per_category=1, progress=False)
+    assert json.loads(geneval_recipes.results_path("smoke").read_text()) == json.loads(json.dumps(record))
+    assert set(record["recipes"]) == set(geneval_recipes.RECIPES)
+    for name, rows in record["paired"].items():
+        assert name != geneval_recipes.DEFAULT and set(rows) == {"overall", *record["recipes"][name]["val"][
+            "llm_on"]["categories"]}
+        assert rows["overall"]["n"] == 6  # GenEval's six categories' prompts, the unit of the pairing

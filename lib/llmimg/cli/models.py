@@ -169,7 +169,7 @@ def _eval_protocol(args: argparse.Namespace) -> int:
                        for k in ("llm_on", "llm_off")]
             print(f"  {category:>14}  {on['rate']:.3f} ± {on['se']:.3f}  {off['rate']:.3f} ± {off['se']:.3f}  "
                   f"{r['paired'][category]['verdict']}")
-        f = r["planner_faithful"]["overall"]
+        f = r["planner_faithful"]["all"]
         print(f"  planner faithful (with its checker): {f['rate']:.3f} ± {f['se']:.3f} (n = {f['n']})")
     return 0
 
@@ -179,6 +179,8 @@ def experiment_command(args: argparse.Namespace) -> int:
 
     if args.name == "reranking":
         return _reranking(args)
+    if args.name == "geneval-recipes":
+        return _geneval_recipes(args)
     if args.name == "seed-spread":
         record = seed_spread.run(args.profile, args.seeds, progress=not args.no_progress)
         if args.json:
@@ -199,6 +201,24 @@ def experiment_command(args: argparse.Namespace) -> int:
         print(f"  {name:>24}: {r['steps']} steps in {r['train_seconds'] or float('nan'):.0f} s, all-correct "
               f"{last.get('all_correct', float('nan')):.3f} on {last.get('n', 0)} one-object and "
               f"{two.get('all_correct', float('nan')):.3f} on {two.get('n', 0)} two-object val descriptions")
+    return 0
+
+
+def _geneval_recipes(args: argparse.Namespace) -> int:
+    from llmimg.research import geneval_recipes
+
+    record = geneval_recipes.run(args.profile, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(record))
+        return 0
+    print(f"recorded in {_shown(geneval_recipes.results_path(args.profile), where='')}")
+    for name, r in record["recipes"].items():
+        on = r["val"]["llm_on"]
+        print(f"  {name:>36}: overall {on['overall']['rate']:.3f} ± {on['overall']['se']:.3f}, counting "
+              f"{on['categories']['counting']['rate']:.3f} ± {on['categories']['counting']['se']:.3f} (LLM on)")
+    for rows in record["paired"].values():
+        for category in ("overall", "counting"):
+            print(f"  {category}: {rows[category]['sentence']}")
     return 0
 
 

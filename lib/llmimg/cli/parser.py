@@ -232,8 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "seed-spread: retrain each stage at other seeds and record its headline numbers. "
                                      "reranking: the pretrained pipeline's re-ranking modes judged by ShapesEval "
                                      "(data/experiments/reranking-<profile>.json; notebook 09 shows it).")
-    experiment.add_argument("name", choices=("generator-recipes", "seed-spread", "reranking"),
-                            help="generator-recipes: the generator recipe search; seed-spread: each stage retrained "
+    experiment.add_argument("name", choices=("generator-recipes", "geneval-recipes", "seed-spread", "reranking"),
+                            help="generator-recipes: the generator recipe search; geneval-recipes: the GenEval-shaped "
+                                 "world's generator recipes on the protocol's val prompts, paired with its default "
+                                 "(data/experiments/geneval-generator-recipes-<profile>.json); "
+                                 "seed-spread: each stage retrained "
                                  "at --seeds and evaluated (recorded in data/experiments/seed-spread-<profile>"
                                  ".json; the reference tolerances use it); reranking: no re-ranking, the text's "
                                  "and the image's CLIP similarity to the prompt, and the prompt alone, on the same "

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from llmimg.core.data.geneval import CATEGORIES
-from llmimg.core.evaluation.protocol import EvalSet, compare_settings, judge_protocol, load_eval_set
+from llmimg.core.evaluation.protocol import (EvalSet, ProtocolScore, compare_overall, compare_settings,
+                                             judge_protocol, load_eval_set, score_protocol)
 from llmimg.core.evaluation.statistics import rate_with_se
 from llmimg.core.text import world_of
 
@@ -69,7 +70,9 @@ def evaluate_protocol(pipe: Any, split: str = "val", *, n_per_category: int | No
     ``categories``, each with ``rate``, ``se``, ``n_images`` and ``n_prompts``), ``paired``
     (per category and ``overall``: LLM on minus off, its paired standard error, McNemar's
     counts and p, the verdict and a sentence), ``planner_faithful`` (per category and
-    overall, with ``se`` and ``n``), the set's ``split`` and ``version``, and ``seconds``.
+    ``all`` prompts together, each with ``rate``, ``se`` and ``n``), the set's ``split`` and ``version``, ``seconds``, and
+    ``per_image``: each setting's 0/1 results as a string, image by image in the set's
+    order, so that a later run on the same set pairs with this one (:func:`score_from_record`).
     """
     if world_of(pipe.tokenizer) != "geneval":
         raise ValueError("the protocol's prompts (counts, relations) are in the GenEval-shaped world's language: "
@@ -83,19 +86,39 @@ def evaluate_protocol(pipe: Any, split: str = "val", *, n_per_category: int | No
         scores[name] = judge_protocol(eval_set, images)
         faithful = kept if upsample else faithful
     paired = {}
-    for category in (None, *CATEGORIES):
-        d = compare_settings(scores["llm_on"], scores["llm_off"], category)
-        paired[category or "overall"] = {**d.as_dict(), "verdict": d.verdict("llm_on", "llm_off"),
-                                         "sentence": d.sentence("LLM on", "LLM off")}
+    for category in ("overall", *CATEGORIES):
+        d = compare(scores["llm_on"], scores["llm_off"], category)
+        paired[category] = {**d.as_dict(), "verdict": d.verdict("llm_on", "llm_off"),
+                            "sentence": d.sentence("LLM on", "LLM off")}
     # One description per prompt and seed; the planner is judged per image drawn.
     kept = np.array(faithful, dtype=float)
     categories = np.array([item.category for item in eval_set.items for _ in item.seeds])
     planner = {c: rate_with_se(kept[categories == c])._asdict() for c in CATEGORIES if (categories == c).any()}
-    planner["overall"] = rate_with_se(kept)._asdict()
+    planner["all"] = rate_with_se(kept)._asdict()  # every image's description, the cell's prompts included
     return {"protocol": scores["llm_on"].as_dict()["protocol"], "version": eval_set.version, "split": split,
             "n_prompts": len(eval_set), "images_per_prompt": eval_set.images_per_prompt,
             **{name: score.as_dict() for name, score in scores.items()}, "paired": paired,
-            "planner_faithful": planner, "seconds": time.perf_counter() - t0}
+            "planner_faithful": planner, "seconds": time.perf_counter() - t0,
+            "per_image": {name: "".join("01"[int(x)] for x in score.per_image()) for name, score in scores.items()}}
 
 
-__all__ = ["SETTINGS", "draw_eval_set", "evaluate_protocol", "subset"]
+def compare(a: ProtocolScore, b: ProtocolScore, category: str = "overall") -> Any:
+    """``a`` against ``b`` in ``category``, paired: ``"overall"`` is GenEval's mean of six
+    (:func:`~llmimg.core.evaluation.protocol.compare_overall`), else one category's prompts."""
+    return compare_overall(a, b) if category == "overall" else compare_settings(a, b, category)
+
+
+def score_from_record(record: dict[str, Any], setting: str = "llm_on") -> ProtocolScore:
+    """The :class:`~llmimg.core.evaluation.protocol.ProtocolScore` of a setting of an :func:`evaluate_protocol` record.
+
+    The prompt set is the committed one of the record's split, cut to its number of
+    prompts per category; scores of two records made on the same set pair up
+    (:func:`~llmimg.core.evaluation.protocol.compare_settings`).
+    """
+    full = load_eval_set(record["split"])
+    per_category = record["n_prompts"] // len(CATEGORIES)
+    eval_set = subset(full, None if per_category * len(CATEGORIES) == len(full) else per_category)
+    return score_protocol(eval_set, np.array([c == "1" for c in record["per_image"][setting]]))
+
+
+__all__ = ["SETTINGS", "compare", "draw_eval_set", "evaluate_protocol", "score_from_record", "subset"]

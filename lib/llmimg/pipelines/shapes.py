@@ -370,7 +370,7 @@ def get(profile: str | Profile | None = None, *, progress: bool = True, schedule
     profile = get_profile(profile)
     clip = clip_stage.get(profile, progress=progress, world=world)
     llm = llm_stage.get(profile, clip=clip, progress=progress)
-    image_generator = gen_stage.get(profile, clip=clip, progress=progress)
+    image_generator = gen_stage.get(profile, clip=clip, progress=progress, world=world)
     pipe = ShapesPipeline.from_stages(llm, image_generator, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     if device is not None:

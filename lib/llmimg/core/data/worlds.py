@@ -41,14 +41,15 @@ def check_world(world: str) -> str:
 
 
 def world_samples(world: str, n: int, split: str = "train", *, seed: int = 0, max_objects: int = 2,
-                  start: int = 0) -> list[Any]:
+                  start: int = 0, category_weights: tuple[float, ...] | None = None) -> list[Any]:
     """Samples ``start`` … ``start + n - 1`` of ``split`` of ``world``.
 
     ``max_objects`` bounds today's world's scenes (1 or 2); the GenEval-shaped world draws
-    its categories' scenes of 1 to 4 objects and ignores it.
+    its categories' scenes of 1 to 4 objects, weighted by ``category_weights`` (None:
+    uniformly), and ignores it.
     """
     if check_world(world) == "geneval":
-        return list(GenEvalWorld(seed=seed).samples(n, split, start))
+        return list(GenEvalWorld(seed=seed, category_weights=category_weights).samples(n, split, start))
     return list(ShapesWorld(seed=seed, max_objects=max_objects).samples(n, split, start))
 
 

@@ -285,6 +285,20 @@ def compare_settings(a: ProtocolScore, b: ProtocolScore, category: str | None = 
     return paired_difference(per_image_a.reshape(-1, k).mean(axis=1), per_image_b.reshape(-1, k).mean(axis=1))
 
 
+def compare_overall(a: ProtocolScore, b: ProtocolScore) -> PairedDifference:
+    """Setting ``a`` against ``b`` on "overall", GenEval's mean of the six category rates, paired.
+
+    The difference of the two overalls is the mean of the six categories' paired
+    differences (:func:`compare_settings`); its standard error combines theirs, as
+    :func:`score_protocol` combines the rates' (the categories' prompts are drawn
+    independently). ``n`` counts the six categories' prompts; there is no single McNemar
+    test of a mean of six, so its counts and p are None.
+    """
+    six = [compare_settings(a, b, c) for c in GENEVAL_CATEGORIES]
+    return PairedDifference(a.overall.rate, b.overall.rate, float(np.mean([d.diff for d in six])),
+                            math.sqrt(sum(d.se**2 for d in six)) / len(six), sum(d.n for d in six))
+
+
 __all__ = ["EVAL_SPLITS", "EvalItem", "EvalSet", "IMAGES_PER_PROMPT", "PROMPTS_PER_CATEGORY", "PROTOCOL",
            "PROTOCOL_SEED", "ProtocolScore", "Rate", "VERSION", "eval_set_path", "judge_protocol", "load_eval_set",
-           "make_eval_set", "compare_settings", "paired_arrays", "score_protocol", "write_eval_sets"]
+           "make_eval_set", "compare_overall", "compare_settings", "paired_arrays", "score_protocol", "write_eval_sets"]

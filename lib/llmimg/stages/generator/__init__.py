@@ -11,8 +11,8 @@ from __future__ import annotations
 from llmimg.core.config import Profile, get_profile
 from llmimg.core.store import cache_key, cached
 from llmimg.stages import clip as clip_stage
-from llmimg.stages.generator.config import (FORMAT, IMAGE_SIZE, RETRAIN, STAGE, GeneratorConfig,
-                                            default_config)
+from llmimg.stages.generator.config import (FORMAT, GENEVAL_CATEGORY_WEIGHTS, IMAGE_SIZE, RETRAIN, STAGE,
+                                            GeneratorConfig, default_config)
 from llmimg.stages.generator.metrics import HEADLINE, eval_samples, evaluate
 from llmimg.stages.generator.model import (DeepCache, SamplingOptions, ShapesGenerator, TextEncoder,
                                            Trajectory, encoder_upstream)
@@ -43,7 +43,7 @@ def get(profile: str | Profile | None = None, *, config: GeneratorConfig | None 
     curve of the run that trained it.
     """
     profile = get_profile(profile)
-    config = config or default_config(profile)
+    config = config or default_config(profile, world)
     clip = clip or clip_stage.get(profile, progress=progress, world=world)
 
     def build_into(out, work) -> None:
@@ -52,9 +52,9 @@ def get(profile: str | Profile | None = None, *, config: GeneratorConfig | None 
     return ShapesGenerator.from_pretrained(cached(key(config, clip), build_into, profile=profile, force=force), clip)
 
 
-__all__ = ["Bank", "Config", "DeepCache", "FORMAT", "GeneratorConfig", "HEADLINE", "IMAGE_SIZE", "RETRAIN",
-           "SCHEDULERS", "STAGE", "SamplingOptions", "ShapesGenerator", "TextEncoder", "Trajectory", "build_scheduler",
-           "build_unet", "clean_estimate", "coordinate_channels", "default_config", "diffusion_loss", "encode_texts",
-           "encoder_upstream", "eval_samples", "evaluate", "get", "guided_output", "key", "make_bank", "make_batch_fn",
-           "make_loss_fn", "make_scheduler", "pooled_text", "scheduler_config", "to_images", "to_latents", "train",
-           "unet_config", "unet_inputs", "unet_output"]
+__all__ = ["Bank", "Config", "DeepCache", "FORMAT", "GENEVAL_CATEGORY_WEIGHTS", "GeneratorConfig", "HEADLINE",
+           "IMAGE_SIZE", "RETRAIN", "SCHEDULERS", "STAGE", "SamplingOptions", "ShapesGenerator", "TextEncoder",
+           "Trajectory", "build_scheduler", "build_unet", "clean_estimate", "coordinate_channels", "default_config",
+           "diffusion_loss", "encode_texts", "encoder_upstream", "eval_samples", "evaluate", "get", "guided_output",
+           "key", "make_bank", "make_batch_fn", "make_loss_fn", "make_scheduler", "pooled_text", "scheduler_config",
+           "to_images", "to_latents", "train", "unet_config", "unet_inputs", "unet_output"]

@@ -47,7 +47,8 @@ def make_bank(config: GeneratorConfig, world: str = "shapes") -> Bank:
     Today's world draws scenes of up to ``config.max_objects`` objects; the GenEval-shaped
     world its categories' scenes of 1 to 4.
     """
-    samples = world_samples(world, config.n_train, "train", seed=config.data_seed, max_objects=config.max_objects)
+    samples = world_samples(world, config.n_train, "train", seed=config.data_seed, max_objects=config.max_objects,
+                            category_weights=config.category_weights)
     images = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).contiguous()
     return Bank(images, [s.description for s in samples], [s.prompt for s in samples])
 

@@ -1,0 +1,83 @@
+"""The generator recipes of the GenEval-shaped world, compared on the protocol: same prompts, same noise, paired.
+
+Each recipe is the profile's generator of the GenEval-shaped world
+(:func:`llmimg.stages.generator.default_config` with ``world="geneval"``) with a few fields
+changed, trained through the model cache on the same CLIP and drawn with the same LLM.
+:func:`run` scores each on the protocol's ``val`` prompt set with the LLM on and off
+(:func:`llmimg.pipelines.protocol.evaluate_protocol`) and compares every recipe with the
+default, category by category, by the course's paired rule; the record is
+``geneval-generator-recipes-<profile>.json`` in the experiment records folder
+(``data/experiments`` in a checkout). ``llmimg experiment geneval-recipes`` is its command.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from llmimg.core.config import Profile, describe_environment, experiments_dir, get_profile
+from llmimg.core.data.geneval import CATEGORIES
+from llmimg.core.store import atomic_write
+from llmimg.pipelines import protocol, shapes
+from llmimg.stages import clip as clip_stage
+from llmimg.stages import generator as gen_stage
+from llmimg.stages import llm as llm_stage
+
+DEFAULT = "counting ×3 (default)"
+# Recipe name -> the fields it changes in the GenEval-shaped world's default generator.
+RECIPES: dict[str, dict[str, Any]] = {
+    DEFAULT: {},
+    "categories as the world draws them": {"category_weights": None},
+}
+
+
+def results_path(profile: str | Profile | None = None) -> Path:
+    """Where the record of ``profile`` lives (``$LLMIMG_EXPERIMENTS_DIR`` moves it)."""
+    return experiments_dir() / f"geneval-generator-recipes-{get_profile(profile).name}.json"
+
+
+def run(profile: str | Profile | None = None, *, n_per_category: int | None = None, progress: bool = True,
+        record: bool = True) -> dict[str, Any]:
+    """Train (or load) every recipe, score each on the ``val`` prompt set, and compare each with the default.
+
+    Returns ``{"profile", "machine", "recipes": {name: {"changes", "train_seconds", "val"}},
+    "paired": {name: {category: {...}}}}``: ``val`` is the recipe's
+    :func:`~llmimg.pipelines.protocol.evaluate_protocol` record; ``paired`` compares each
+    other recipe with the default on the images drawn with the LLM on (the default minus
+    the recipe, with its paired standard error and verdict). ``n_per_category`` takes
+    fewer prompts (default: the profile's ``pipeline.protocol_n``). With ``record=False``
+    nothing is written.
+    """
+    profile = get_profile(profile)
+    n = n_per_category or profile.size("pipeline.protocol_n")
+    clip = clip_stage.get(profile, progress=progress, world="geneval")
+    llm = llm_stage.get(profile, clip=clip, progress=progress)
+    base = gen_stage.default_config(profile, "geneval")
+    result: dict[str, Any] = {"profile": profile.name, "machine": describe_environment(profile), "recipes": {}}
+    scores = {}
+    for name, changes in RECIPES.items():
+        gen = gen_stage.get(profile, config=replace(base, **changes), clip=clip, progress=progress)
+        pipe = shapes.ShapesPipeline.from_stages(llm, gen)
+        pipe.set_progress_bar_config(disable=True)
+        val = protocol.evaluate_protocol(pipe, "val", n_per_category=n, progress=progress)
+        result["recipes"][name] = {"changes": changes, "train_seconds": gen.manifest.seconds, "val": val}
+        scores[name] = protocol.score_from_record(val)
+    result["paired"] = {}
+    for name in RECIPES:
+        if name != DEFAULT:
+            rows = {}
+            for category in ("overall", *CATEGORIES):
+                d = protocol.compare(scores[DEFAULT], scores[name], category)
+                rows[category] = {**d.as_dict(), "verdict": d.verdict(DEFAULT, name),
+                                  "sentence": d.sentence(DEFAULT, name)}
+            result["paired"][name] = rows
+    if record:
+        results_path(profile).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(results_path(profile), "w") as f:
+            f.write(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    return result
+
+
+__all__ = ["DEFAULT", "RECIPES", "results_path", "run"]
