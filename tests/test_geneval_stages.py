@@ -234,3 +234,14 @@ def test_the_geneval_recipes_are_compared_with_the_default_on_the_same_prompts_a
         assert name != geneval_recipes.DEFAULT and set(rows) == {"overall", *record["recipes"][name]["val"][
             "llm_on"]["categories"]}
         assert rows["overall"]["n"] == 6  # GenEval's six categories' prompts, the unit of the pairing
+
+
+def test_models_saved_before_the_world_fields_existed_still_load_with_todays_world():
+    from llmimg.stages import clip, generator
+
+    for config, name in ((clip.default_config("default"), "world"),
+                         (generator.default_config("default"), "category_weights")):
+        saved = {k: v for k, v in config.as_dict().items() if k != name}  # a manifest written before the field
+        assert type(config).from_dict(saved) == config
+    with pytest.raises(ValueError, match="lacks 'seed'"):  # every other field still must be there
+        clip.ClipConfig.from_dict({k: v for k, v in clip.default_config("default").as_dict().items() if k != "seed"})

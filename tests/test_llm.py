@@ -16,7 +16,7 @@ from llmimg.core.store import CheckpointError
 from llmimg.core.data import (SHAPES, Scene, ShapesWorld, complete_prompt, describe, describe_in_prompt_order,
                          parse_description, parse_prompt)
 from llmimg.core.evaluation import judge_images, standard_error
-from llmimg.core.text import EOS_ID, PAD_ID, UnknownWordsError, decode, encode
+from llmimg.core.text import EOS_ID, PAD_ID, UnknownWordsError, decode, encode, train_tokenizer
 
 
 def test_loss_counts_only_description_tokens(smoke_llm):
@@ -410,6 +410,7 @@ class ScriptedLLM:
 
     def __init__(self) -> None:
         self.prompts, self.captioned = [], []
+        self.tokenizer = train_tokenizer()  # today's world's: evaluate scores it as today's upsampler
 
     def upsample(self, prompts, *, seed=None, max_tries=L.MAX_TRIES, return_draws=False):
         rng = np.random.default_rng(seed)

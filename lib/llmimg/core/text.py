@@ -256,6 +256,15 @@ def world_of(tokenizer: PreTrainedTokenizerFast) -> str:
     return "geneval" if "three" in tokenizer.get_vocab() else "shapes"
 
 
+def world_context_length(tokenizer: PreTrainedTokenizerFast) -> int:
+    """The context of the tokenizer's world, :data:`CONTEXT_LENGTH` or :data:`GENEVAL_CONTEXT_LENGTH`.
+
+    What a model's shape is built from: never the tokenizer's own ``model_max_length``,
+    which a damaged ``tokenizer_config.json`` could change (:func:`check_tokenizer` says so).
+    """
+    return GENEVAL_CONTEXT_LENGTH if world_of(tokenizer) == "geneval" else CONTEXT_LENGTH
+
+
 def world_tokenizer(world: str) -> PreTrainedTokenizerFast:
     """A new tokenizer for ``world``: :func:`train_tokenizer` (``"shapes"``) or :func:`train_geneval_tokenizer`."""
     from llmimg.core.data.worlds import check_world

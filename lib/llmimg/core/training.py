@@ -103,7 +103,9 @@ class StageConfig:
 
         A field that defines the model missing, a field the class does not have, or a
         value of the wrong type raises ``ValueError`` naming it; only the :func:`cadence`
-        fields (how often something is logged) may be missing and take their defaults.
+        fields (how often something is logged) and the fields added later with metadata
+        ``omit_default`` (a model saved before them had their default) may be missing and
+        take their defaults.
         """
         return cls(**checked_fields(cls, d))
 
@@ -123,7 +125,9 @@ def checked_fields(cls: type, d: Any, where: str = "") -> dict[str, Any]:
     unknown = sorted(set(d) - set(known))
     if unknown:
         raise ValueError(f"{cls.__name__} has no field {', '.join(repr(label + k) for k in unknown)}")
-    missing = sorted(name for name, f in known.items() if name not in d and f.metadata.get("identity", True))
+    # An "omit_default" field (added later) may be missing: a model saved before it existed had its default.
+    missing = sorted(name for name, f in known.items() if name not in d and f.metadata.get("identity", True)
+                     and not f.metadata.get("omit_default"))
     if missing:
         raise ValueError(f"the config lacks {', '.join(repr(label + k) for k in missing)}, which define the model")
     hints = typing.get_type_hints(cls)

@@ -46,7 +46,7 @@ from llmimg.core.data import ShapesWorld
 from llmimg.core.evaluation import shapes_eval, standard_error
 from llmimg.core.folders import first_line, json_says, save_into
 from llmimg.core.store import MANIFEST, CheckpointError, Manifest, quiet_libraries, read_manifest, write_manifest
-from llmimg.core.text import normalise_prompt
+from llmimg.core.text import CONTEXT_LENGTH, normalise_prompt  # notebook 06 reads CONTEXT_LENGTH here
 from llmimg.pipelines.common import STAGES, PipelineOutput, StageTimer
 from llmimg.pipelines.saved import COMPONENTS, check_components, check_index
 from llmimg.stages import clip as clip_stage
@@ -406,5 +406,5 @@ def evaluate(pipe: ShapesPipeline, n: int = 500, *, seed: int = 0, num_inference
             "seconds": time.perf_counter() - t0}
 
 
-__all__ = ["CODE_FILE", "COMPONENTS", "DEFAULT_SCHEDULER", "DEFAULT_STEPS", "FORMAT", "STAGES", "ClipModel",
+__all__ = ["CODE_FILE", "CONTEXT_LENGTH", "COMPONENTS", "DEFAULT_SCHEDULER", "DEFAULT_STEPS", "FORMAT", "STAGES", "ClipModel",
            "PipelineOutput", "ShapesPipeline", "evaluate", "get"]

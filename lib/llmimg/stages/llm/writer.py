@@ -42,7 +42,7 @@ from llmimg.core.loading import check_config, check_finite
 from llmimg.core.store import (CheckpointError, Manifest, quiet_libraries, read_manifest, require_folder, save_model,
                                upstream_folder)
 from llmimg.core.text import (BOS_ID, EOS_ID, PAD_ID, UngrammaticalPromptError, decode, encode, for_text_generation,
-                              normalise_prompt, world_of)
+                              normalise_prompt, world_context_length, world_of)
 from llmimg.stages.clip import ShapesCLIP
 from llmimg.stages.llm.config import FORMAT, MAX_TRIES, RETRAIN, STAGE, TASKS, LLMConfig
 from llmimg.stages.llm.model import ClipCapLM, Context, PrefixMapper, task_ids, trim_padding
@@ -306,7 +306,7 @@ class ShapesLLM:
 
 def gpt2_config(config: LLMConfig, clip: ShapesCLIP) -> dict[str, Any]:
     """GPT-2's config values for an LLM of ``config`` on ``clip``: what :func:`build` makes and loading checks."""
-    context = clip.tokenizer.model_max_length  # the longest text, prompt or description, of the CLIP's world
+    context = world_context_length(clip.tokenizer)  # the longest text, prompt or description, of the CLIP's world
     reads = max(clip.n_patches, context) if config.read_context else 0  # the longest context
     return {"model_type": "gpt2", "vocab_size": len(clip.tokenizer),
             "n_positions": config.prefix_length + reads + 1 + context, "n_embd": config.n_embd,
