@@ -69,8 +69,9 @@ def evaluate_protocol(pipe: Any, split: str = "val", *, n_per_category: int | No
     :meth:`~llmimg.core.evaluation.protocol.ProtocolScore.as_dict`: ``overall`` and
     ``categories``, each with ``rate``, ``se``, ``n_images`` and ``n_prompts``), ``paired``
     (per category and ``overall``: LLM on minus off, its paired standard error, McNemar's
-    counts and p, the verdict and a sentence), ``planner_faithful`` (per category and
-    ``all`` prompts together, each with ``rate``, ``se`` and ``n``), the set's ``split`` and ``version``, ``seconds``, and
+    counts and p, the verdict and a sentence; ``overall`` is GenEval's mean of six, see
+    :func:`compare`), ``planner_faithful`` (per category and ``all`` prompts together, each
+    with ``rate``, ``se`` and ``n``), the set's ``split`` and ``version``, ``seconds``, and
     ``per_image``: each setting's 0/1 results as a string, image by image in the set's
     order, so that a later run on the same set pairs with this one (:func:`score_from_record`).
     """

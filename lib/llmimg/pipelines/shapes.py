@@ -406,5 +406,5 @@ def evaluate(pipe: ShapesPipeline, n: int = 500, *, seed: int = 0, num_inference
             "seconds": time.perf_counter() - t0}
 
 
-__all__ = ["CODE_FILE", "CONTEXT_LENGTH", "COMPONENTS", "DEFAULT_SCHEDULER", "DEFAULT_STEPS", "FORMAT", "STAGES", "ClipModel",
-           "PipelineOutput", "ShapesPipeline", "evaluate", "get"]
+__all__ = ["CODE_FILE", "CONTEXT_LENGTH", "COMPONENTS", "DEFAULT_SCHEDULER", "DEFAULT_STEPS", "FORMAT", "STAGES",
+           "ClipModel", "PipelineOutput", "ShapesPipeline", "evaluate", "get"]
