@@ -245,3 +245,16 @@ def test_models_saved_before_the_world_fields_existed_still_load_with_todays_wor
         assert type(config).from_dict(saved) == config
     with pytest.raises(ValueError, match="lacks 'seed'"):  # every other field still must be there
         clip.ClipConfig.from_dict({k: v for k, v in clip.default_config("default").as_dict().items() if k != "seed"})
+
+
+def test_geneval_recipes_change_only_what_they_name():
+    from llmimg.research import geneval_recipes as R
+    from llmimg.stages import generator
+
+    base = generator.default_config("default", "geneval")
+    assert R.recipe_config(R.DEFAULT, "default") == base
+    longer = R.recipe_config("counting ×3, twice the steps", "default")
+    assert longer.train.steps == 2 * base.train.steps and longer.category_weights == base.category_weights
+    assert R.recipe_config("categories as the world draws them", "default").category_weights is None
+    with pytest.raises(ValueError, match="unknown recipe 'x'"):
+        R.recipe_config("x")

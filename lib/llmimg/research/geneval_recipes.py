@@ -26,11 +26,25 @@ from llmimg.stages import generator as gen_stage
 from llmimg.stages import llm as llm_stage
 
 DEFAULT = "counting ×3 (default)"
-# Recipe name -> the fields it changes in the GenEval-shaped world's default generator.
+# Recipe name -> the fields it changes in the GenEval-shaped world's default generator ("train.steps_factor"
+# multiplies the profile's training steps).
 RECIPES: dict[str, dict[str, Any]] = {
     DEFAULT: {},
     "categories as the world draws them": {"category_weights": None},
+    "counting ×3, twice the steps": {"train.steps_factor": 2},  # 2,400 steps at default
 }
+
+
+def recipe_config(name: str, profile: str | Profile | None = None) -> gen_stage.GeneratorConfig:
+    """The generator config of recipe ``name`` at ``profile``."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose from: {', '.join(RECIPES)}")
+    base = gen_stage.default_config(profile, "geneval")
+    changes = dict(RECIPES[name])
+    train = {}
+    if "train.steps_factor" in changes:
+        train["steps"] = base.train.steps * changes.pop("train.steps_factor")
+    return replace(base, **changes, train=replace(base.train, **train))
 
 
 def results_path(profile: str | Profile | None = None) -> Path:
@@ -54,11 +68,10 @@ def run(profile: str | Profile | None = None, *, n_per_category: int | None = No
     n = n_per_category or profile.size("pipeline.protocol_n")
     clip = clip_stage.get(profile, progress=progress, world="geneval")
     llm = llm_stage.get(profile, clip=clip, progress=progress)
-    base = gen_stage.default_config(profile, "geneval")
     result: dict[str, Any] = {"profile": profile.name, "machine": describe_environment(profile), "recipes": {}}
     scores = {}
     for name, changes in RECIPES.items():
-        gen = gen_stage.get(profile, config=replace(base, **changes), clip=clip, progress=progress)
+        gen = gen_stage.get(profile, config=recipe_config(name, profile), clip=clip, progress=progress)
         pipe = shapes.ShapesPipeline.from_stages(llm, gen)
         pipe.set_progress_bar_config(disable=True)
         val = protocol.evaluate_protocol(pipe, "val", n_per_category=n, progress=progress)
@@ -80,4 +93,4 @@ def run(profile: str | Profile | None = None, *, n_per_category: int | None = No
     return result
 
 
-__all__ = ["DEFAULT", "RECIPES", "results_path", "run"]
+__all__ = ["DEFAULT", "RECIPES", "recipe_config", "results_path", "run"]
