@@ -4,6 +4,7 @@ trained at smoke on it, and the pipeline scored on the protocol with the LLM on 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -186,6 +187,33 @@ def test_evaluate_protocol_reports_rates_and_paired_verdicts_per_category(geneva
     assert again.as_dict() == result["llm_off"] and len(result["per_image"]["llm_on"]) == 28
 
 
+def test_the_prompt_trained_arm_differs_from_the_pipelines_generator_only_in_its_texts():
+    from llmimg.pipelines.protocol import prompt_trained_config
+    from llmimg.stages import generator
+
+    base, arm = generator.default_config("default", "geneval"), prompt_trained_config("default")
+    assert arm == replace(base, prompt_rate=1.0, curve_every=0)
+    assert arm.identity() != base.identity()  # its own cache entry
+
+
+def test_the_prompt_trained_arm_is_drawn_on_the_same_prompts_and_paired_with_the_llm(geneval_pipeline):
+    from llmimg.pipelines import shapes
+    from llmimg.pipelines.protocol import PROMPT_TRAINED, evaluate_protocol, prompt_trained_config
+    from llmimg.stages import generator, llm
+
+    writer = llm.get("smoke", progress=False, world="geneval")
+    baseline = generator.get("smoke", config=prompt_trained_config("smoke"), clip=writer.clip, progress=False)
+    arm = shapes.ShapesPipeline.from_stages(writer, baseline)
+    result = evaluate_protocol(geneval_pipeline, "val", n_per_category=1, prompt_trained=arm)
+    json.dumps(result)
+    assert set(result[PROMPT_TRAINED]["categories"]) == set(result["llm_on"]["categories"])
+    assert len(result["per_image"][PROMPT_TRAINED]) == 28
+    rows = result["paired_prompt_trained"]
+    assert set(rows) == {"overall", *result["llm_on"]["categories"]}
+    assert all(r["verdict"] in ("within noise", "llm_on ahead", "prompt_trained ahead") for r in rows.values())
+    assert "a generator trained on prompts" in rows["overall"]["sentence"]
+
+
 def test_the_protocol_refuses_a_pipeline_of_todays_world(smoke_pipeline):
     from llmimg.pipelines.protocol import evaluate_protocol
 
@@ -252,9 +280,11 @@ def test_geneval_recipes_change_only_what_they_name():
     from llmimg.stages import generator
 
     base = generator.default_config("default", "geneval")
-    assert R.recipe_config(R.DEFAULT, "default") == base
-    longer = R.recipe_config("counting ×3, twice the steps", "default")
-    assert longer.train.steps == 2 * base.train.steps and longer.category_weights == base.category_weights
-    assert R.recipe_config("categories as the world draws them", "default").category_weights is None
+    assert R.recipe_config(R.DEFAULT, "default") == base and base.train.steps == 2400
+    assert generator.default_config("default").train.steps == 1200  # today's world keeps its recipe
+    shorter = R.recipe_config("counting ×3, half the steps", "default")
+    assert shorter == replace(base, train=replace(base.train, steps=1200))
+    assert R.recipe_config("categories as the world draws them, half the steps", "default") == replace(
+        shorter, category_weights=None)
     with pytest.raises(ValueError, match="unknown recipe 'x'"):
         R.recipe_config("x")

@@ -143,19 +143,28 @@ def _check_world_stage(command: str, stage: str) -> None:
 
 
 def _eval_protocol(args: argparse.Namespace) -> int:
-    """``llmimg eval pipeline --world geneval``: the protocol's val and heldout prompt sets, LLM on and off, paired."""
+    """``llmimg eval pipeline --world geneval``: the protocol's val and heldout prompt sets, LLM on and off, paired,
+    and the generator trained on prompts (the fair arm without an LLM)."""
     from llmimg.core.config import get_profile
     from llmimg.pipelines import protocol, shapes
 
-    pipe = shapes.get(args.profile, progress=not args.no_progress, world=args.world)
+    progress = not args.no_progress
+    clip = _stage("clip").get(args.profile, progress=progress, world=args.world)
+    llm = _stage("llm").get(args.profile, clip=clip, progress=progress)
+    gen = _stage("generator").get(args.profile, clip=clip, progress=progress, world=args.world)
+    baseline = _stage("generator").get(args.profile, config=protocol.prompt_trained_config(args.profile), clip=clip,
+                                       progress=progress)
+    pipe, prompt_pipe = (shapes.ShapesPipeline.from_stages(llm, g) for g in (gen, baseline))
+    for p in (pipe, prompt_pipe):
+        p.set_progress_bar_config(disable=True)
     n = args.n or get_profile(args.profile).size("pipeline.protocol_n")
     # Each stage's training time and the metrics its manifest keeps (the generator's: its curve's last point).
-    manifests = {name: _stage(name).get(args.profile, progress=False, world=args.world).manifest
-                 for name in ("clip", "llm", "generator")}
     stages = {name: {"train_seconds": m.seconds, "metrics": m.metrics or (m.curve[-1] if m.curve else {})}
-              for name, m in manifests.items()}
+              for name, m in (("clip", clip.manifest), ("llm", llm.manifest), ("generator", gen.manifest),
+                              (protocol.PROMPT_TRAINED, baseline.manifest))}
     result = {"stage": "pipeline", "profile": get_profile(args.profile).name, "world": args.world, "stages": stages,
-              **{split: protocol.evaluate_protocol(pipe, split, n_per_category=n, progress=not args.no_progress)
+              **{split: protocol.evaluate_protocol(pipe, split, n_per_category=n, prompt_trained=prompt_pipe,
+                                                   progress=progress)
                  for split in ("val", "heldout")}}
     if args.json:
         print(json.dumps(result))
@@ -163,12 +172,12 @@ def _eval_protocol(args: argparse.Namespace) -> int:
     for split in ("val", "heldout"):
         r = result[split]
         print(f"{split} prompts ({r['n_prompts']} prompts × {r['images_per_prompt']} images):")
-        print(f"  {'category':>14}  {'LLM on':>13}  {'LLM off':>13}  paired verdict")
+        print(f"  {'category':>14}  {'LLM on':>13}  {'LLM off':>13}  {'prompt-trained':>14}  paired verdicts")
         for category in ("overall", *r["llm_on"]["categories"]):
-            on, off = [r[k]["overall"] if category == "overall" else r[k]["categories"][category]
-                       for k in ("llm_on", "llm_off")]
-            print(f"  {category:>14}  {on['rate']:.3f} ± {on['se']:.3f}  {off['rate']:.3f} ± {off['se']:.3f}  "
-                  f"{r['paired'][category]['verdict']}")
+            cells = [r[k]["overall"] if category == "overall" else r[k]["categories"][category]
+                     for k in ("llm_on", "llm_off", protocol.PROMPT_TRAINED)]
+            print(f"  {category:>14}  " + "  ".join(f"{c['rate']:.3f} ± {c['se']:.3f}" for c in cells)
+                  + f"   {r['paired'][category]['verdict']}; {r['paired_prompt_trained'][category]['verdict']}")
         f = r["planner_faithful"]["all"]
         print(f"  planner faithful (with its checker): {f['rate']:.3f} ± {f['se']:.3f} (n = {f['n']})")
     return 0

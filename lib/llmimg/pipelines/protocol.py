@@ -8,11 +8,17 @@ settings category by category with the course's paired rule
 (:func:`~llmimg.core.evaluation.protocol.compare_settings`: a difference is real at two
 paired standard errors). It also reports the planner's faithfulness: the share of prompts
 whose description, after the checker's redraws, keeps everything the prompt asks for.
+
+"LLM off" feeds the prompt to a generator trained on descriptions, which it has never
+seen written so short; the fair baseline without an LLM is a generator trained on the
+prompts themselves (:func:`prompt_trained_config`). Given one (``prompt_trained=``),
+:func:`evaluate_protocol` draws it as a third setting and compares the LLM with it too.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -22,9 +28,23 @@ from llmimg.core.data.geneval import CATEGORIES
 from llmimg.core.evaluation.protocol import (EvalSet, ProtocolScore, compare_overall, compare_settings,
                                              judge_protocol, load_eval_set, score_protocol)
 from llmimg.core.evaluation.statistics import rate_with_se
+from llmimg.core.config import Profile
 from llmimg.core.text import world_of
+from llmimg.stages import generator as gen_stage
 
 SETTINGS: dict[str, bool] = {"llm_on": True, "llm_off": False}  # setting name -> the pipeline's `upsample`
+PROMPT_TRAINED = "prompt_trained"  # the third setting: a generator trained on prompts, drawn from the prompt
+
+
+def prompt_trained_config(profile: str | Profile | None = None) -> gen_stage.GeneratorConfig:
+    """The GenEval-shaped world's generator recipe trained on the prompts instead of the descriptions.
+
+    Same UNet, data, steps and seed as the pipeline's generator; only the training texts
+    differ (``prompt_rate=1``). It is the fair arm without an LLM: a text-to-image model
+    trained on the text it will be given. No learning curve is kept (the curve scores
+    descriptions).
+    """
+    return replace(gen_stage.default_config(profile, "geneval"), prompt_rate=1.0, curve_every=0)
 
 
 def subset(eval_set: EvalSet, n_per_category: int | None) -> EvalSet:
@@ -62,7 +82,8 @@ def draw_eval_set(pipe: Any, eval_set: EvalSet, *, upsample: bool, num_inference
 
 
 def evaluate_protocol(pipe: Any, split: str = "val", *, n_per_category: int | None = None,
-                      num_inference_steps: int | None = None, progress: bool = False) -> dict[str, Any]:
+                      num_inference_steps: int | None = None, prompt_trained: Any = None,
+                      progress: bool = False) -> dict[str, Any]:
     """The pipeline on the ``split`` prompt set, LLM on and off: rates per category, paired verdicts, the planner.
 
     Returns plain values for JSON: ``llm_on`` and ``llm_off`` (each a
@@ -74,23 +95,28 @@ def evaluate_protocol(pipe: Any, split: str = "val", *, n_per_category: int | No
     with ``rate``, ``se`` and ``n``), the set's ``split`` and ``version``, ``seconds``, and
     ``per_image``: each setting's 0/1 results as a string, image by image in the set's
     order, so that a later run on the same set pairs with this one (:func:`score_from_record`).
+
+    ``prompt_trained``, a pipeline whose generator was trained on prompts
+    (:func:`prompt_trained_config`) on the same CLIP, adds the setting ``prompt_trained``
+    (drawn from the prompt, same noise) and ``paired_prompt_trained``: LLM on minus it,
+    per category and ``overall``, like ``paired``.
     """
     if world_of(pipe.tokenizer) != "geneval":
         raise ValueError("the protocol's prompts (counts, relations) are in the GenEval-shaped world's language: "
                          "evaluate a pipeline of that world (llmimg.pipelines.shapes.get(world='geneval'))")
     eval_set = subset(load_eval_set(split), n_per_category)
     t0 = time.perf_counter()
+    settings = [(name, pipe, upsample) for name, upsample in SETTINGS.items()]
+    if prompt_trained is not None:
+        settings.append((PROMPT_TRAINED, prompt_trained, False))
     scores, faithful = {}, None
-    for name, upsample in SETTINGS.items():
-        images, kept = draw_eval_set(pipe, eval_set, upsample=upsample, num_inference_steps=num_inference_steps,
+    for name, drawer, upsample in settings:
+        images, kept = draw_eval_set(drawer, eval_set, upsample=upsample, num_inference_steps=num_inference_steps,
                                      progress=progress)
         scores[name] = judge_protocol(eval_set, images)
         faithful = kept if upsample else faithful
-    paired = {}
-    for category in ("overall", *CATEGORIES):
-        d = compare(scores["llm_on"], scores["llm_off"], category)
-        paired[category] = {**d.as_dict(), "verdict": d.verdict("llm_on", "llm_off"),
-                            "sentence": d.sentence("LLM on", "LLM off")}
+    paired = {f"paired{'' if other == 'llm_off' else '_' + other}": _paired(scores, other)
+              for other in scores if other != "llm_on"}
     # One description per prompt and seed; the planner is judged per image drawn.
     kept = np.array(faithful, dtype=float)
     categories = np.array([item.category for item in eval_set.items for _ in item.seeds])
@@ -98,9 +124,20 @@ def evaluate_protocol(pipe: Any, split: str = "val", *, n_per_category: int | No
     planner["all"] = rate_with_se(kept)._asdict()  # every image's description, the cell's prompts included
     return {"protocol": scores["llm_on"].as_dict()["protocol"], "version": eval_set.version, "split": split,
             "n_prompts": len(eval_set), "images_per_prompt": eval_set.images_per_prompt,
-            **{name: score.as_dict() for name, score in scores.items()}, "paired": paired,
+            **{name: score.as_dict() for name, score in scores.items()}, **paired,
             "planner_faithful": planner, "seconds": time.perf_counter() - t0,
             "per_image": {name: "".join("01"[int(x)] for x in score.per_image()) for name, score in scores.items()}}
+
+
+def _paired(scores: dict[str, ProtocolScore], other: str) -> dict[str, Any]:
+    """LLM on against setting ``other``, per category and overall, with verdicts and sentences."""
+    names = {"llm_off": "LLM off", PROMPT_TRAINED: "a generator trained on prompts"}
+    out = {}
+    for category in ("overall", *CATEGORIES):
+        d = compare(scores["llm_on"], scores[other], category)
+        out[category] = {**d.as_dict(), "verdict": d.verdict("llm_on", other),
+                         "sentence": d.sentence("LLM on", names[other])}
+    return out
 
 
 def compare(a: ProtocolScore, b: ProtocolScore, category: str = "overall") -> Any:
@@ -122,4 +159,5 @@ def score_from_record(record: dict[str, Any], setting: str = "llm_on") -> Protoc
     return score_protocol(eval_set, np.array([c == "1" for c in record["per_image"][setting]]))
 
 
-__all__ = ["SETTINGS", "compare", "draw_eval_set", "evaluate_protocol", "score_from_record", "subset"]
+__all__ = ["PROMPT_TRAINED", "SETTINGS", "compare", "draw_eval_set", "evaluate_protocol", "prompt_trained_config",
+           "score_from_record", "subset"]

@@ -19,6 +19,7 @@ from typing import Any
 
 from llmimg.core.config import Profile, describe_environment, experiments_dir, get_profile
 from llmimg.core.data.geneval import CATEGORIES
+from llmimg.core.evaluation.protocol import ProtocolScore
 from llmimg.core.store import atomic_write
 from llmimg.pipelines import protocol, shapes
 from llmimg.stages import clip as clip_stage
@@ -27,11 +28,12 @@ from llmimg.stages import llm as llm_stage
 
 DEFAULT = "counting ×3 (default)"
 # Recipe name -> the fields it changes in the GenEval-shaped world's default generator ("train.steps_factor"
-# multiplies the profile's training steps).
+# multiplies the profile's training steps). The search began at 1,200 steps, with counting ×3 chosen over the
+# world's own mix; twice the steps then won in every category and became the default (2,400 at `default`).
 RECIPES: dict[str, dict[str, Any]] = {
     DEFAULT: {},
-    "categories as the world draws them": {"category_weights": None},
-    "counting ×3, twice the steps": {"train.steps_factor": 2},  # 2,400 steps at default
+    "counting ×3, half the steps": {"train.steps_factor": 0.5},
+    "categories as the world draws them, half the steps": {"category_weights": None, "train.steps_factor": 0.5},
 }
 
 
@@ -43,7 +45,7 @@ def recipe_config(name: str, profile: str | Profile | None = None) -> gen_stage.
     changes = dict(RECIPES[name])
     train = {}
     if "train.steps_factor" in changes:
-        train["steps"] = base.train.steps * changes.pop("train.steps_factor")
+        train["steps"] = round(base.train.steps * changes.pop("train.steps_factor"))
     return replace(base, **changes, train=replace(base.train, **train))
 
 
@@ -77,15 +79,7 @@ def run(profile: str | Profile | None = None, *, n_per_category: int | None = No
         val = protocol.evaluate_protocol(pipe, "val", n_per_category=n, progress=progress)
         result["recipes"][name] = {"changes": changes, "train_seconds": gen.manifest.seconds, "val": val}
         scores[name] = protocol.score_from_record(val)
-    result["paired"] = {}
-    for name in RECIPES:
-        if name != DEFAULT:
-            rows = {}
-            for category in ("overall", *CATEGORIES):
-                d = protocol.compare(scores[DEFAULT], scores[name], category)
-                rows[category] = {**d.as_dict(), "verdict": d.verdict(DEFAULT, name),
-                                  "sentence": d.sentence(DEFAULT, name)}
-            result["paired"][name] = rows
+    result["paired"] = paired_with_default(scores)
     if record:
         results_path(profile).parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(results_path(profile), "w") as f:
@@ -93,4 +87,22 @@ def run(profile: str | Profile | None = None, *, n_per_category: int | None = No
     return result
 
 
-__all__ = ["DEFAULT", "RECIPES", "recipe_config", "results_path", "run"]
+def paired_with_default(scores: dict[str, ProtocolScore]) -> dict[str, dict[str, Any]]:
+    """Every other recipe against the default (the default minus it), per category and overall, paired.
+
+    ``scores`` maps recipe names to their scores on one prompt set (the records' ``per_image``
+    give them back: :func:`~llmimg.pipelines.protocol.score_from_record`).
+    """
+    paired = {}
+    for name in scores:
+        if name != DEFAULT:
+            rows = {}
+            for category in ("overall", *CATEGORIES):
+                d = protocol.compare(scores[DEFAULT], scores[name], category)
+                rows[category] = {**d.as_dict(), "verdict": d.verdict(DEFAULT, name),
+                                  "sentence": d.sentence(DEFAULT, name)}
+            paired[name] = rows
+    return paired
+
+
+__all__ = ["DEFAULT", "RECIPES", "paired_with_default", "recipe_config", "results_path", "run"]

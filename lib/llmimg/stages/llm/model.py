@@ -57,6 +57,9 @@ class ClipCapLM(nn.Module):
     def __init__(self, gpt2: nn.Module, mapper: PrefixMapper) -> None:
         super().__init__()
         self.gpt2, self.mapper = gpt2, mapper
+        # GPT2LMHeadModel's class name names no loss of transformers' table, so its first loss would warn
+        # "loss_type=None ... unrecognized" on stderr (notebook 07's output); its loss is the causal LM one.
+        self.gpt2.loss_type = "ForCausalLM"
 
     def prefix_embeds(self, z: torch.Tensor, task: torch.Tensor, context: Context | None = None,
                       ) -> tuple[torch.Tensor, torch.Tensor]:
