@@ -199,3 +199,29 @@ def test_experiment_records_generator_recipes(tmp_path):
     assert record["recipes"]["learning rate 1e-3"]["changes"] == {"train.lr": 1e-3}
     bad = llmimg("experiment", "generator-recipes", "--profile", "smoke", "--only", "bigger", env=env)
     assert bad.returncode == 1 and "unknown recipe 'bigger'" in bad.stderr
+
+
+def test_eval_pipeline_on_the_geneval_world_reports_every_setting_paired(tmp_path):
+    """The protocol from the command line: three models trained once (and a fourth, the prompt-trained arm)."""
+    result = llmimg("eval", "pipeline", "--world", "geneval", "--profile", "smoke", "--n", "1", "--json",
+                    "--no-progress", env=cache_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert set(data["stages"]) == {"clip", "llm", "generator", "prompt_trained"}
+    for split in ("val", "heldout"):
+        r = data[split]
+        for setting in ("llm_on", "llm_off", "prompt_trained"):
+            assert r[setting]["overall"]["n_prompts"] == 6 and len(r["per_image"][setting]) == 28
+        assert set(r["paired"]) == set(r["paired_prompt_trained"]) == {"overall", *r["llm_on"]["categories"]}
+    assert sorted(p.name.split("-")[0] for p in stage_folders(tmp_path)) == ["clip", "generator", "generator", "llm"]
+    figure = tmp_path / "samples.png"
+    text = llmimg("eval", "pipeline", "--world", "geneval", "--profile", "smoke", "--n", "1", "--no-progress",
+                  "--samples", str(figure), env=cache_env(tmp_path))
+    assert text.returncode == 0, text.stderr
+    assert "prompt-trained" in text.stdout and "planner faithful" in text.stdout
+    from PIL import Image
+
+    with Image.open(figure) as image:
+        assert image.format == "PNG" and image.width > image.height > 200  # 7 prompts × 8 images
+    wrong = llmimg("eval", "generator", "--profile", "smoke", "--samples", str(figure), env=cache_env(tmp_path))
+    assert wrong.returncode != 0 and "use it with 'pipeline --world geneval'" in wrong.stderr

@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from llmimg.core.data import parse_prompt
 from llmimg.course.exercises import (check_add_noise, check_contrastive_loss, check_ddim_step, check_describe_object,
-                              check_lm_loss, check_run_pipeline)
+                              check_lm_loss, check_left_open, check_run_pipeline)
 from llmimg.course.exercises.feedback import NO_ANSWER
 
 
@@ -17,7 +18,7 @@ def unanswered(*args):
 
 
 CHECKS = [check_add_noise, check_describe_object, check_contrastive_loss, check_lm_loss, check_ddim_step,
-          check_run_pipeline]
+          check_run_pipeline, check_left_open]
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
@@ -27,6 +28,20 @@ def test_unanswered_missing_and_junk(check):
     assert "should be your function" in check("seven").message
     crash = check(lambda *args: 1 / 0)
     assert not crash.ok and "raised ZeroDivisionError" in crash.message
+
+
+def test_open_attributes():
+    def open_attributes(prompt, attributes=("colour", "size", "position"), keep=lambda v: v is None):
+        return [{a for a in attributes if keep(getattr(obj, a))} for obj in parse_prompt(prompt)]
+
+    assert check_left_open(open_attributes).ok
+    assert check_left_open(lambda p: [tuple(s) for s in open_attributes(p)]).ok  # any collection of names
+    assert "what is stated" in check_left_open(lambda p: open_attributes(p, keep=lambda v: v is not None)).message
+    assert "never leaves the shape open" in check_left_open(
+        lambda p: open_attributes(p, ("shape", "colour", "size", "position"), lambda v: v in (None, "circle"))).message
+    assert "names 2 object(s)" in check_left_open(lambda p: open_attributes(p)[:1]).message
+    assert "one set per object" in check_left_open(lambda p: 3).message
+    assert not check_left_open(lambda p: [{"colour"} for _ in parse_prompt(p)]).ok
 
 
 def test_add_noise():

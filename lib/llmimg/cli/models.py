@@ -99,6 +99,8 @@ def _train_joint_distributed(args: argparse.Namespace, state) -> int:
 def eval_command(args: argparse.Namespace) -> int:
     from llmimg.core.config import get_profile
 
+    if args.samples is not None and (args.stage, args.world) != ("pipeline", "geneval"):
+        raise SystemExit("llmimg eval: --samples draws the protocol's prompts: use it with 'pipeline --world geneval'")
     if args.world != "shapes":
         _check_world_stage("eval", args.stage)
         if args.stage == "pipeline":
@@ -145,9 +147,11 @@ def _check_world_stage(command: str, stage: str) -> None:
 def _eval_protocol(args: argparse.Namespace) -> int:
     """``llmimg eval pipeline --world geneval``: the protocol's val and heldout prompt sets, LLM on and off, paired,
     and the generator trained on prompts (the fair arm without an LLM)."""
+    from llmimg.cli.commands import _output_files, _write_pngs
     from llmimg.core.config import get_profile
     from llmimg.pipelines import protocol, shapes
 
+    samples = _output_files(args.samples, 1) if args.samples is not None else None  # checked before any training
     progress = not args.no_progress
     clip = _stage("clip").get(args.profile, progress=progress, world=args.world)
     llm = _stage("llm").get(args.profile, clip=clip, progress=progress)
@@ -166,6 +170,9 @@ def _eval_protocol(args: argparse.Namespace) -> int:
               **{split: protocol.evaluate_protocol(pipe, split, n_per_category=n, prompt_trained=prompt_pipe,
                                                    progress=progress)
                  for split in ("val", "heldout")}}
+    if samples is not None:
+        _write_pngs([_figure_image(protocol.sample_figure(
+            {"LLM on": (pipe, True), "no LLM: generator trained on prompts": (prompt_pipe, False)}))], samples)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -181,6 +188,18 @@ def _eval_protocol(args: argparse.Namespace) -> int:
         f = r["planner_faithful"]["all"]
         print(f"  planner faithful (with its checker): {f['rate']:.3f} ± {f['se']:.3f} (n = {f['n']})")
     return 0
+
+
+def _figure_image(fig):
+    """A matplotlib figure as a PIL image (closed afterwards)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image
+
+    fig.canvas.draw()
+    image = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
+    plt.close(fig)
+    return image
 
 
 def experiment_command(args: argparse.Namespace) -> int:

@@ -222,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="held-out examples to evaluate on (default: the profile's); the pipeline of the "
                                "geneval world: prompts per category of each prompt set (default: all 100)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--samples", type=Path, default=None, metavar="FILE.png",
+                          help="the pipeline of the geneval world: also save a figure of the first val prompt of "
+                               "each category, drawn with the LLM and by the generator trained on prompts, each "
+                               "image judged")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     experiment = commands.add_parser("experiment", help="run a recorded experiment (recipe search, seed spread, "

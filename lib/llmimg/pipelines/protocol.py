@@ -129,6 +129,38 @@ def evaluate_protocol(pipe: Any, split: str = "val", *, n_per_category: int | No
             "per_image": {name: "".join("01"[int(x)] for x in score.per_image()) for name, score in scores.items()}}
 
 
+def sample_figure(settings: dict[str, tuple[Any, bool]], split: str = "val") -> Any:
+    """A figure of the first prompt of each category, its four seeds drawn in each setting, each image judged.
+
+    ``settings`` maps a column title to ``(pipeline, upsample)``; every setting draws the same
+    noise. Each image is titled ✓ or ✗, the judge's verdict against the prompt as typed.
+    Returns the matplotlib figure (not shown).
+    """
+    import matplotlib.pyplot as plt
+
+    eval_set = subset(load_eval_set(split), 1)
+    k = eval_set.images_per_prompt
+    drawn = {}
+    for title, (pipe, upsample) in settings.items():
+        images, _ = draw_eval_set(pipe, eval_set, upsample=upsample)
+        drawn[title] = (images, judge_protocol(eval_set, images).per_image())
+    cols = k * len(settings)
+    fig, axes = plt.subplots(len(eval_set), cols, figsize=(0.9 * cols + 2.4, 1.0 * len(eval_set) + 0.6),
+                             squeeze=False)
+    for g, (title, (images, right)) in enumerate(drawn.items()):
+        axes[0, g * k].annotate(title, (0, 1.45), xycoords="axes fraction", fontsize=9, weight="bold")
+        for row, item in enumerate(eval_set.items):
+            for j in range(k):
+                ax, n = axes[row, g * k + j], row * k + j
+                ax.imshow(images[n], interpolation="nearest")
+                ax.set_xticks([]), ax.set_yticks([])
+                ax.set_title("✓" if right[n] else "✗", fontsize=8, color="green" if right[n] else "red", pad=2)
+    for row, item in enumerate(eval_set.items):
+        axes[row, 0].set_ylabel(f"{item.category}\n{item.prompt}", rotation=0, ha="right", va="center", fontsize=7)
+    fig.subplots_adjust(left=0.27, right=0.99, top=0.9, bottom=0.02, wspace=0.08, hspace=0.45)
+    return fig
+
+
 def _paired(scores: dict[str, ProtocolScore], other: str) -> dict[str, Any]:
     """LLM on against setting ``other``, per category and overall, with verdicts and sentences."""
     names = {"llm_off": "LLM off", PROMPT_TRAINED: "a generator trained on prompts"}
@@ -160,4 +192,4 @@ def score_from_record(record: dict[str, Any], setting: str = "llm_on") -> Protoc
 
 
 __all__ = ["PROMPT_TRAINED", "SETTINGS", "compare", "draw_eval_set", "evaluate_protocol", "prompt_trained_config",
-           "score_from_record", "subset"]
+           "sample_figure", "score_from_record", "subset"]

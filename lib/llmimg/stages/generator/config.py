@@ -129,7 +129,8 @@ def default_config(profile: str | Profile | None = None, world: str = "shapes") 
         norm_num_groups=size("norm_num_groups"), unshuffle=size("unshuffle"), n_train=size("n_train"),
         category_weights=GENEVAL_CATEGORY_WEIGHTS if world == "geneval" else None,
         curve_every=size("curve_every"), curve_n=size("curve_n"),
-        train=TrainConfig(steps=size("geneval_steps" if world == "geneval" else "steps"), batch_size=size("batch_size"), lr=size("lr"),
+        train=TrainConfig(steps=size("geneval_steps" if world == "geneval" else "steps"),
+                          batch_size=size("batch_size"), lr=size("lr"),
                           warmup_steps=size("warmup_steps"), log_every=size("log_every"),
                           checkpoint_every=size("checkpoint_every")))
 
