@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from llmimg.core.config import Profile
 from llmimg.core.data.geneval import CATEGORIES
 from llmimg.core.evaluation.protocol import (EvalSet, ProtocolScore, compare_overall, compare_settings,
                                              judge_protocol, load_eval_set, score_protocol)
 from llmimg.core.evaluation.statistics import rate_with_se
-from llmimg.core.config import Profile
 from llmimg.core.text import world_of
 from llmimg.stages import generator as gen_stage
 
@@ -149,7 +149,7 @@ def sample_figure(settings: dict[str, tuple[Any, bool]], split: str = "val") -> 
                              squeeze=False)
     for g, (title, (images, right)) in enumerate(drawn.items()):
         axes[0, g * k].annotate(title, (0, 1.45), xycoords="axes fraction", fontsize=9, weight="bold")
-        for row, item in enumerate(eval_set.items):
+        for row in range(len(eval_set)):
             for j in range(k):
                 ax, n = axes[row, g * k + j], row * k + j
                 ax.imshow(images[n], interpolation="nearest")
@@ -161,15 +161,25 @@ def sample_figure(settings: dict[str, tuple[Any, bool]], split: str = "val") -> 
     return fig
 
 
+def paired_rows(a: ProtocolScore, b: ProtocolScore, names: tuple[str, str],
+                labels: tuple[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """``a`` against ``b`` per category and ``overall``: the paired difference, its verdict and a sentence.
+
+    ``names`` name the two settings in verdicts ("<name> ahead"), ``labels`` in the
+    sentences (default: the names).
+    """
+    labels = labels or names
+    rows = {}
+    for category in ("overall", *CATEGORIES):
+        d = compare(a, b, category)
+        rows[category] = {**d.as_dict(), "verdict": d.verdict(*names), "sentence": d.sentence(*labels)}
+    return rows
+
+
 def _paired(scores: dict[str, ProtocolScore], other: str) -> dict[str, Any]:
     """LLM on against setting ``other``, per category and overall, with verdicts and sentences."""
-    names = {"llm_off": "LLM off", PROMPT_TRAINED: "a generator trained on prompts"}
-    out = {}
-    for category in ("overall", *CATEGORIES):
-        d = compare(scores["llm_on"], scores[other], category)
-        out[category] = {**d.as_dict(), "verdict": d.verdict("llm_on", other),
-                         "sentence": d.sentence("LLM on", names[other])}
-    return out
+    label = {"llm_off": "LLM off", PROMPT_TRAINED: "a generator trained on prompts"}[other]
+    return paired_rows(scores["llm_on"], scores[other], ("llm_on", other), ("LLM on", label))
 
 
 def compare(a: ProtocolScore, b: ProtocolScore, category: str = "overall") -> Any:
@@ -192,4 +202,4 @@ def score_from_record(record: dict[str, Any], setting: str = "llm_on") -> Protoc
 
 
 __all__ = ["PROMPT_TRAINED", "SETTINGS", "compare", "draw_eval_set", "evaluate_protocol", "prompt_trained_config",
-           "sample_figure", "score_from_record", "subset"]
+           "paired_rows", "sample_figure", "score_from_record", "subset"]

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from llmimg.core.config import Profile, describe_environment, experiments_dir, get_profile
-from llmimg.core.data.geneval import CATEGORIES
 from llmimg.core.evaluation.protocol import ProtocolScore
 from llmimg.core.store import atomic_write
 from llmimg.pipelines import protocol, shapes
@@ -93,16 +92,8 @@ def paired_with_default(scores: dict[str, ProtocolScore]) -> dict[str, dict[str,
     ``scores`` maps recipe names to their scores on one prompt set (the records' ``per_image``
     give them back: :func:`~llmimg.pipelines.protocol.score_from_record`).
     """
-    paired = {}
-    for name in scores:
-        if name != DEFAULT:
-            rows = {}
-            for category in ("overall", *CATEGORIES):
-                d = protocol.compare(scores[DEFAULT], scores[name], category)
-                rows[category] = {**d.as_dict(), "verdict": d.verdict(DEFAULT, name),
-                                  "sentence": d.sentence(DEFAULT, name)}
-            paired[name] = rows
-    return paired
+    return {name: protocol.paired_rows(scores[DEFAULT], score, (DEFAULT, name))
+            for name, score in scores.items() if name != DEFAULT}
 
 
 __all__ = ["DEFAULT", "RECIPES", "paired_with_default", "recipe_config", "results_path", "run"]

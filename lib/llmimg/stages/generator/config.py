@@ -115,7 +115,8 @@ def default_config(profile: str | Profile | None = None, world: str = "shapes") 
 
     For the GenEval-shaped ``world`` the bank draws its categories with
     :data:`GENEVAL_CATEGORY_WEIGHTS` and training takes ``generator.geneval_steps`` (2,400 at
-    ``default``, about 17 minutes); everything else is the same recipe.
+    ``default``: 17 minutes on the recipe search's 2-core CPU, 42 on a slower one); everything
+    else is the same recipe.
     """
     p = get_profile(profile)
 
