@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import open_clip
 import pytest
@@ -164,6 +166,8 @@ def rate(right: int, n: int):
 class TableClip:
     """A CLIP stand-in that returns the embeddings it was given, row ``i`` for item ``i``, and records its inputs."""
 
+    config = SimpleNamespace(world="shapes")  # the metrics draw samples of the world a CLIP was trained on
+
     def __init__(self, texts: torch.Tensor, images: torch.Tensor) -> None:
         self.text_rows, self.image_rows = texts, images
         self.texts, self.images = [], []
@@ -188,6 +192,8 @@ class AttributeClip:
     object). ``sees`` changes each object the judge reads before it is embedded, to make
     a CLIP that is wrong in a known way.
     """
+
+    config = SimpleNamespace(world="shapes")
 
     def __init__(self, binds: bool = False, sees=lambda obj: obj) -> None:
         from llmimg.core.data import ATTRIBUTES, POSITIONS
@@ -245,6 +251,38 @@ def test_retrieval_and_binding_of_a_clip_that_reads_exactly_are_perfect():
         assert C.retrieval(exact, n=40, candidates=20, split=split) == {"text_to_image_top1": 1.0,
                                                                          "image_to_text_top1": 1.0}
     assert C.binding_accuracy(exact, n=60) == 1.0
+
+
+def test_a_hard_gallery_holds_each_scene_beside_its_hard_negative():
+    """Each group is half samples, half their hard negatives (rendered and described), in that order."""
+    from llmimg.core import seeding
+    from llmimg.core.data import describe, render
+
+    fake = TableClip(torch.eye(4), torch.eye(4))
+    assert C.retrieval(fake, n=5, candidates=4, hard_negatives=True) == {"text_to_image_top1": 1.0,
+                                                                          "image_to_text_top1": 1.0}
+    samples = list(ShapesWorld(seed=0).samples(2, "val"))
+    rng = seeding.numpy_rng(0, "eval")
+    negatives = [C.hard_negative(s.scene, rng) for s in samples]
+    assert fake.texts == [s.description for s in samples] + [describe(n) for n in negatives]
+    assert all(np.array_equal(a, b) for a, b in zip(fake.images, [s.image for s in samples]
+                                                     + [render(n) for n in negatives]))
+    with pytest.raises(ValueError, match="even"):
+        C.retrieval(fake, n=6, candidates=3, hard_negatives=True)
+
+
+def test_the_hard_gallery_separates_a_bag_of_words_from_a_reader_that_binds():
+    """The usual gallery scores both near 1; beside its hard negative a bag of words ties on every swap."""
+    bag, exact = AttributeClip(binds=False), AttributeClip(binds=True)
+    assert C.retrieval(exact, n=40, candidates=20, hard_negatives=True)["text_to_image_top1"] == 1.0
+    assert C.retrieval(bag, n=40, candidates=20)["text_to_image_top1"] >= 0.9
+    assert C.retrieval(bag, n=40, candidates=20, hard_negatives=True)["text_to_image_top1"] <= 0.8
+
+
+def test_binding_outcomes_are_per_image_and_their_mean_is_the_accuracy():
+    outcomes = C.binding_outcomes(AttributeClip(binds=False), n=30)
+    assert outcomes.shape == (30,) and outcomes.dtype == bool
+    assert C.binding_accuracy(AttributeClip(binds=False), n=30) == pytest.approx(outcomes.mean())
 
 
 def test_binding_accuracy_of_a_bag_of_words_is_the_share_of_negatives_that_change_the_words():

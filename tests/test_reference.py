@@ -195,3 +195,21 @@ def test_checking_outside_a_checkout_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setattr("llmimg.core.config.project_root", lambda: None)
     assert cli.main(["reproduce", "--check-only"]) == 1
     assert "need a source checkout" in capsys.readouterr().err
+
+
+def test_write_reference_takes_the_clips_seed_spread_from_its_binding_experiment(tmp_path, monkeypatch, capsys):
+    """No seed-spread record, but a clip-binding one: the CLIP's tolerance is its spread over the three seeds."""
+    from llmimg.research import clip_binding
+
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    monkeypatch.setenv("LLMIMG_EXPERIMENTS_DIR", str(experiments))
+    monkeypatch.setattr("llmimg.core.config.project_root", lambda: tmp_path)
+    results.record({"text_to_image_top1": 0.99}, prefix="clip.", n=1000, profile="default", root=tmp_path)
+    runs = [{"seed": s, "text_to_image_top1": v, "image_to_text_top1": v, "heldout_text_to_image_top1": v}
+            for s, v in enumerate((0.90, 0.95, 1.0))]
+    clip_binding.results_path("default").write_text(json.dumps({"runs": {clip_binding.DEFAULT: runs}}))
+    assert cli.main(["reproduce", "--profile", "default", "--check-only", "--write-reference"]) == 0
+    number = results.load_reference(tmp_path, "default")["numbers"][0]
+    assert number["name"] == "clip.text_to_image_top1"
+    assert number["tolerance"] == pytest.approx(3 * math.sqrt(2) * 0.05, rel=1e-2)  # the seeds' sd, 0.05

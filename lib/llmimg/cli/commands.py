@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from llmimg.pipelines.shapes import ShapesPipeline
 
 
-def _write_pngs(images: list, files: list[Path]) -> None:
+def write_pngs(images: list, files: list[Path]) -> None:
     """Write each image to its PNG file, all or none: every file is written beside its place first, then moved in.
 
     A full disk or an unwritable folder midway leaves none of the new files (and the
@@ -58,7 +58,7 @@ def reproduce_command(args: argparse.Namespace) -> int:
     from llmimg.core.config import project_root
     from llmimg.course import reference
     from llmimg.course.reproduce import changed_notebooks, discover_notebooks, reproduce
-    from llmimg.research import seed_spread
+    from llmimg.research import clip_binding, seed_spread
 
     root = project_root()
     if root is None and (args.changed_since or args.check or args.check_only or args.write_reference):
@@ -78,8 +78,10 @@ def reproduce_command(args: argparse.Namespace) -> int:
         print(f"ran {len(runs)} notebook(s) in {total:.0f} s: executed notebooks and report.html in build/, "
               f"{sum(len(r.figures) for r in runs)} figure(s) in figures/")
     if args.write_reference:
-        spread = seed_spread.load(args.profile)
-        ref = reference.write_reference(root, args.profile, (spread or {}).get("numbers"))
+        # The CLIP's seed spread is also measured by its binding experiment; seed-spread's own numbers come first.
+        recorded = (seed_spread.load(args.profile) or {}).get("numbers", {})
+        spread = {**clip_binding.seed_numbers(args.profile), **recorded}
+        ref = reference.write_reference(root, args.profile, spread)
         print(f"wrote data/reference/{ref['profile']}.json: {len(ref['numbers'])} numbers"
               + (f"; without a measured spread, not checked: {', '.join(ref['unchecked'])}" if ref["unchecked"] else ""))
     if args.check or args.check_only:
@@ -119,14 +121,14 @@ def preview_command(args: argparse.Namespace) -> int:
     from llmimg.core.data import ShapesWorld
     from llmimg.core.viz import sample_grid
 
-    files = _output_files(args.output, 1)  # as generate: the folder must exist and be writable
+    files = output_files(args.output, 1)  # as generate: the folder must exist and be writable
     samples = list(ShapesWorld(seed=args.seed).samples(args.n, args.split))
-    _write_pngs([sample_grid(samples, cols=args.cols, caption=args.caption)], files)
+    write_pngs([sample_grid(samples, cols=args.cols, caption=args.caption)], files)
     print(f"wrote {args.n} {args.split} samples (seed {args.seed}) to {args.output}")
     return 0
 
 
-def _output_files(output: Path, batch: int) -> list[Path]:
+def output_files(output: Path, batch: int) -> list[Path]:
     """The PNG files ``generate`` writes; checked before anything is loaded, so a typo costs no generation."""
     if output.suffix.lower() != ".png":
         raise ValueError(f"the output file must end in .png, got {output.name!r}")
@@ -159,7 +161,7 @@ def generate_command(args: argparse.Namespace) -> int:
     check_unicode(args.prompt)  # the words are checked by the pipeline's own tokenizer, once it is loaded
     if args.pipeline is None:  # the profile's pipeline may be trained first: a prompt it cannot take is refused now
         normalise_prompt(train_tokenizer(), args.prompt)
-    files = _output_files(args.output, args.batch)
+    files = output_files(args.output, args.batch)
 
     steps, scheduler = args.steps or DEFAULT_STEPS, args.scheduler or DEFAULT_SCHEDULER
     pipe = _load_pipeline(args)
@@ -169,7 +171,7 @@ def generate_command(args: argparse.Namespace) -> int:
     generators = [torch_generator(args.seed + k, "noise") for k in range(args.batch)]
     out = pipe([args.prompt] * args.batch, num_inference_steps=steps, guidance_scale=args.guidance,
                generator=generators, upsample=not args.no_llm)
-    _write_pngs(out.images, files)  # only now, and all or none: a failed generation writes nothing
+    write_pngs(out.images, files)  # only now, and all or none: a failed generation writes nothing
     guidance = args.guidance if args.guidance is not None else pipe.config.stage_configs["generator"]["guidance_scale"]
     result = {"prompt": args.prompt, "descriptions": out.descriptions, "files": [str(f) for f in files],
               "timings_ms": {key: round(value, 3) for key, value in out.timings.items()}, "steps": steps,

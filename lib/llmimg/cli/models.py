@@ -147,11 +147,11 @@ def _check_world_stage(command: str, stage: str) -> None:
 def _eval_protocol(args: argparse.Namespace) -> int:
     """``llmimg eval pipeline --world geneval``: the protocol's val and heldout prompt sets, LLM on and off, paired,
     and the generator trained on prompts (the fair arm without an LLM)."""
-    from llmimg.cli.commands import _output_files, _write_pngs
+    from llmimg.cli.commands import output_files, write_pngs
     from llmimg.core.config import get_profile
     from llmimg.pipelines import protocol, shapes
 
-    samples = _output_files(args.samples, 1) if args.samples is not None else None  # checked before any training
+    samples = output_files(args.samples, 1) if args.samples is not None else None  # checked before any training
     progress = not args.no_progress
     clip = _stage("clip").get(args.profile, progress=progress, world=args.world)
     llm = _stage("llm").get(args.profile, clip=clip, progress=progress)
@@ -171,7 +171,7 @@ def _eval_protocol(args: argparse.Namespace) -> int:
                                                    progress=progress)
                  for split in ("val", "heldout")}}
     if samples is not None:
-        _write_pngs([_figure_image(protocol.sample_figure(
+        write_pngs([_figure_image(protocol.sample_figure(
             {"LLM on": (pipe, True), "no LLM: generator trained on prompts": (prompt_pipe, False)}))], samples)
     if args.json:
         print(json.dumps(result))
@@ -209,6 +209,8 @@ def experiment_command(args: argparse.Namespace) -> int:
         return _reranking(args)
     if args.name == "geneval-recipes":
         return _geneval_recipes(args)
+    if args.name == "clip-binding":
+        return _clip_binding(args)
     if args.name == "seed-spread":
         record = seed_spread.run(args.profile, args.seeds, progress=not args.no_progress)
         if args.json:
@@ -247,6 +249,23 @@ def _geneval_recipes(args: argparse.Namespace) -> int:
     for rows in record["paired"].values():
         for category in ("overall", "counting"):
             print(f"  {category}: {rows[category]['sentence']}")
+    return 0
+
+
+def _clip_binding(args: argparse.Namespace) -> int:
+    from llmimg.research import clip_binding
+
+    record = clip_binding.run(args.profile, args.seeds, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(record))
+        return 0
+    print(f"recorded in {_shown(clip_binding.results_path(args.profile), where='')} (n = {record['n']} per measure)")
+    for arm, metrics in record["summary"].items():
+        print(f"  {arm:>24}: " + ", ".join(f"{m} {v['mean']:.3f} (seed sd {v['seed_sd']:.3f})"
+                                           for m, v in metrics.items()))
+    for row in record["paired"]:
+        print(f"  seed {row['seed']}, binding on val: {100 * row['diff']:+.1f} points (paired se "
+              f"{100 * row['se']:.1f}): {row['verdict']}")
     return 0
 
 

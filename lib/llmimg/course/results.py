@@ -49,10 +49,20 @@ def _generator_recipes(r: dict[str, Any]) -> list[tuple[str, str]]:
              f"{two['all_correct']:.3f} ± {two['all_correct_se']:.3f} ({two['n']} scenes)")]
 
 
+def _clip_binding(r: dict[str, Any]) -> list[tuple[str, str]]:
+    with_, without = (r["summary"][arm]["binding_val"] for arm in ("hard negatives (default)", "no hard negatives"))
+    ahead = sum(row["verdict"] == "hard negatives (default) ahead" for row in r["paired"])
+    return [(f"GenEval-shaped world: CLIP binding, with / without hard negatives ({len(r['paired'])} training seeds)",
+             f"{with_['mean']:.3f} ± {with_['seed_sd']:.3f} / {without['mean']:.3f} ± {without['seed_sd']:.3f} "
+             f"(mean ± sd over seeds, {r['n']} images, chance 0.5); with ahead at {ahead} of {len(r['paired'])} "
+             "seeds, paired")]
+
+
 # record file -> how to read its headline lines
 RECORDS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "geneval-pipeline-default.json": _geneval_pipeline,
     "geneval-generator-recipes-default.json": _geneval_recipes,
+    "clip-binding-default.json": _clip_binding,
     "generator-recipes-default.json": _generator_recipes,
 }
 

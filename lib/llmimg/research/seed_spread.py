@@ -42,7 +42,8 @@ def load(profile: str | Profile | None = None) -> dict[str, Any] | None:
 def _stage_numbers(stage: str, seed: int, profile: Profile, progress: bool) -> dict[str, float]:
     n = profile.size(f"{stage}.eval_n")
     if stage == "clip":
-        model = clip.get(profile, progress=progress, config=replace(clip.default_config(profile), seed=seed))
+        # Notebook 03's CLIP: the GenEval-shaped world's.
+        model = clip.get(profile, progress=progress, config=replace(clip.default_config(profile, "geneval"), seed=seed))
         val, heldout = clip.retrieval(model, n=n), clip.retrieval(model, n=n, split="heldout")
         metrics = {**val, "heldout_text_to_image_top1": heldout["text_to_image_top1"]}
     elif stage == "llm":

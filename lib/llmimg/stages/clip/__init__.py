@@ -12,8 +12,8 @@ from llmimg.core.config import Profile, get_profile
 from llmimg.core.store import cache_key, cached
 from llmimg.stages.clip.config import (CONFIG_DIR, FORMAT, RETRAIN, STAGE, ClipConfig, default_config,
                                        model_config)
-from llmimg.stages.clip.metrics import (HEADLINE, MIN_EVAL_N, ZERO_SHOT_TEMPLATES, binding_accuracy, evaluate,
-                                        retrieval, zero_shot, zero_shot_texts)
+from llmimg.stages.clip.metrics import (HEADLINE, MIN_EVAL_N, ZERO_SHOT_TEMPLATES, binding_accuracy,
+                                        binding_outcomes, evaluate, retrieval, zero_shot, zero_shot_texts)
 from llmimg.stages.clip.model import IMAGE_MEAN, IMAGE_STD, ShapesCLIP, build, preprocess
 from llmimg.stages.clip.train import ClipBank, binding_loss, hard_negative, train, training_loss
 
@@ -41,5 +41,5 @@ def get(profile: str | Profile | None = None, *, config: ClipConfig | None = Non
 
 __all__ = ["CONFIG_DIR", "ClipBank", "ClipConfig", "Config", "FORMAT", "HEADLINE", "IMAGE_MEAN", "IMAGE_STD",
            "MIN_EVAL_N", "RETRAIN", "STAGE", "ShapesCLIP", "ZERO_SHOT_TEMPLATES", "binding_accuracy", "binding_loss",
-           "build", "default_config", "evaluate", "get", "hard_negative", "key", "model_config", "preprocess",
-           "retrieval", "train", "training_loss", "zero_shot", "zero_shot_texts"]
+           "binding_outcomes", "build", "default_config", "evaluate", "get", "hard_negative", "key", "model_config",
+           "preprocess", "retrieval", "train", "training_loss", "zero_shot", "zero_shot_texts"]

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from llmimg.core import seeding
-from llmimg.core.data import ATTRIBUTES, SHAPES, ShapesWorld, describe
+from llmimg.core.data import ATTRIBUTES, SHAPES, ShapesWorld, describe, render
+from llmimg.core.data.worlds import world_samples
 from llmimg.stages.clip.model import ShapesCLIP
 from llmimg.stages.clip.train import hard_negative
 
@@ -56,36 +57,69 @@ CANDIDATES = 100  # retrieval ranks each query among this many (image, descripti
 MIN_EVAL_N = CANDIDATES  # the fewest examples `evaluate` can score (`llmimg eval clip --n` is checked against it)
 
 
+def _eval_samples(clip: ShapesCLIP, n: int, split: str, seed: int, world: str | None) -> list[Any]:
+    """``n`` samples of ``split`` of ``world`` (None: the world ``clip`` was trained on)."""
+    return world_samples(world or clip.config.world, n, split, seed=seed)
+
+
 def retrieval(clip: ShapesCLIP, n: int = 1000, candidates: int = CANDIDATES, split: str = "val",
-              seed: int = 0) -> dict[str, float]:
+              seed: int = 0, *, world: str | None = None, hard_negatives: bool = False) -> dict[str, float]:
     """Top-1 retrieval among ``candidates`` (image, description) pairs, averaged over ``n // candidates`` groups.
 
     A retrieved item counts as right when its description equals the query's (two
-    scenes may be identical).
+    scenes may be identical). The pairs are samples of ``world`` (None: the world
+    ``clip`` was trained on). With ``hard_negatives`` each group is ``candidates // 2``
+    samples and, rendered beside them, their :func:`hard_negative` scenes: every query
+    then has a rival that holds the same words bound differently, so a bag-of-words
+    model scores about 0.5 and only binding reaches 1.
     """
     if n < candidates:
         raise ValueError(f"n ({n}) must be at least the number of candidates ({candidates})")
-    samples = list(ShapesWorld(seed=seed).samples(n - n % candidates, split))
-    images = clip.encode_image(np.stack([s.image for s in samples]))
-    texts = clip.encode_text([s.description for s in samples], check=False)
+    if hard_negatives and candidates % 2:
+        raise ValueError(f"a gallery with hard negatives pairs its candidates, so their number must be even, "
+                         f"got {candidates}")
+    n_groups = n // candidates
+    per_group = candidates // 2 if hard_negatives else candidates
+    samples = _eval_samples(clip, n_groups * per_group, split, seed, world)
+    images, descriptions = [s.image for s in samples], [s.description for s in samples]
+    if hard_negatives:
+        rng = seeding.numpy_rng(seed, "eval")
+        negatives = [hard_negative(s.scene, rng) for s in samples]
+        images, descriptions = [], []
+        for start in range(0, len(samples), per_group):  # each group: its samples, then their negatives
+            group = range(start, start + per_group)
+            images += [samples[i].image for i in group] + [render(negatives[i]) for i in group]
+            descriptions += [samples[i].description for i in group] + [describe(negatives[i]) for i in group]
+    image_emb = clip.encode_image(np.stack(images))
+    text_emb = clip.encode_text(descriptions, check=False)
+    all_descriptions = np.array(descriptions)
     t2i, i2t = [], []
-    for start in range(0, len(samples), candidates):
+    for start in range(0, len(descriptions), candidates):
         block = slice(start, start + candidates)
-        descriptions = np.array([s.description for s in samples[block]])
-        sim = (texts[block] @ images[block].T).cpu()
-        t2i.append(descriptions[sim.argmax(1).numpy()] == descriptions)
-        i2t.append(descriptions[sim.argmax(0).numpy()] == descriptions)
+        names = all_descriptions[block]
+        sim = (text_emb[block] @ image_emb[block].T).cpu()
+        t2i.append(names[sim.argmax(1).numpy()] == names)
+        i2t.append(names[sim.argmax(0).numpy()] == names)
     return {"text_to_image_top1": float(np.mean(t2i)), "image_to_text_top1": float(np.mean(i2t))}
 
 
-def binding_accuracy(clip: ShapesCLIP, n: int = 500, split: str = "val", seed: int = 0) -> float:
-    """How often an image is closer to its description than to its :func:`hard_negative` (chance: 0.5)."""
+def binding_outcomes(clip: ShapesCLIP, n: int = 500, split: str = "val", seed: int = 0, *,
+                     world: str | None = None) -> np.ndarray:
+    """Per image (``n`` samples of ``world``; None: the CLIP's own): is it closer to its description than to
+    its :func:`hard_negative`'s? The same arguments give the same images and negatives, so two CLIPs can be
+    compared image by image (:func:`llmimg.core.evaluation.paired_difference`)."""
     rng = seeding.numpy_rng(seed, "eval")
-    samples = list(ShapesWorld(seed=seed).samples(n, split))
+    samples = _eval_samples(clip, n, split, seed, world)
     images = clip.encode_image(np.stack([s.image for s in samples]))
     right = clip.encode_text([s.description for s in samples], check=False)
     wrong = clip.encode_text([describe(hard_negative(s.scene, rng)) for s in samples], check=False)
-    return float(((images * right).sum(-1) > (images * wrong).sum(-1)).double().mean())
+    return ((images * right).sum(-1) > (images * wrong).sum(-1)).cpu().numpy()
+
+
+def binding_accuracy(clip: ShapesCLIP, n: int = 500, split: str = "val", seed: int = 0, *,
+                     world: str | None = None) -> float:
+    """How often an image is closer to its description than to its :func:`hard_negative` (chance: 0.5)."""
+    return float(binding_outcomes(clip, n, split, seed, world=world).mean())
 
 
 def evaluate(clip: ShapesCLIP, n: int = 1000, seed: int = 0) -> dict[str, Any]:
@@ -106,5 +140,5 @@ def evaluate(clip: ShapesCLIP, n: int = 1000, seed: int = 0) -> dict[str, Any]:
     }
 
 
-__all__ = ["CANDIDATES", "HEADLINE", "MIN_EVAL_N", "ZERO_SHOT_TEMPLATES", "binding_accuracy", "evaluate",
-           "retrieval", "zero_shot", "zero_shot_texts"]
+__all__ = ["CANDIDATES", "HEADLINE", "MIN_EVAL_N", "ZERO_SHOT_TEMPLATES", "binding_accuracy", "binding_outcomes",
+           "evaluate", "retrieval", "zero_shot", "zero_shot_texts"]
