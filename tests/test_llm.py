@@ -170,6 +170,26 @@ def test_scores_of_the_oracle_and_of_wrong_outputs():
     assert broken["valid_rate"] == 0.0 and broken["faithfulness"] == 0.0
 
 
+def test_the_tv_distance_has_a_bootstrap_se_and_a_paired_difference():
+    prompts = [s.prompt for s in ShapesWorld(seed=5).samples(400, "val")]
+    rng = np.random.default_rng(1)
+    oracle = [describe(complete_prompt(p, rng)) for p in prompts]
+    biased = [t.replace("small", "large") for t in oracle]
+    good, bad = L.upsampling_scores(prompts, oracle), L.upsampling_scores(prompts, biased)
+    assert 0 < good["open_attribute_tv_se"] < 0.05 and 0 < bad["open_attribute_tv_se"] < 0.05
+    small = L.upsampling_scores(prompts[:100], oracle[:100])
+    assert small["open_attribute_tv_se"] > good["open_attribute_tv_se"]  # a quarter of the prompts: a wider error
+    assert L.upsampling_scores(prompts, oracle) == good  # seeded: the same draws every time
+    same = L.tv_difference(prompts, oracle, oracle)
+    assert same["diff"] == 0.0 and same["se"] == 0.0
+    d = L.tv_difference(prompts, biased, oracle)
+    assert d["tv_a"] == pytest.approx(bad["open_attribute_tv"])
+    assert d["tv_b"] == pytest.approx(good["open_attribute_tv"])
+    assert d["diff"] == pytest.approx(d["tv_a"] - d["tv_b"]) and d["diff"] > 4 * d["se"] > 0  # "large" always: real
+    with pytest.raises(ValueError, match="one description per prompt"):
+        L.tv_difference(prompts, oracle[:3], oracle)
+
+
 def test_caption_scores():
     scenes = [s.scene for s in ShapesWorld(seed=6).samples(3, "val")]
     right = [describe(s) for s in scenes]

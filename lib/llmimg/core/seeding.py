@@ -50,6 +50,7 @@ PURPOSES: dict[str, int] = {
     "geneval.val": 14,
     "geneval.heldout": 15,
     "protocol": 16,  # prompt `index` of the evaluation protocol's committed prompt sets
+    "bootstrap": 17,  # the resamples behind a statistic's bootstrap standard error
 }
 
 

@@ -19,7 +19,7 @@ from llmimg.core.store import cache_key, cached
 from llmimg.stages import clip as clip_stage
 from llmimg.stages.llm.config import FORMAT, MAX_TRIES, RETRAIN, STAGE, TASKS, LLMConfig, default_config
 from llmimg.stages.llm.metrics import (HEADLINE, OPEN_ATTRIBUTES, caption_scores, evaluate, open_attributes,
-                                       total_variation, upsampling_scores)
+                                       total_variation, tv_difference, upsampling_scores)
 from llmimg.stages.llm.model import ClipCapLM, Context, PrefixMapper, greedy_decode, positions, task_ids, trim_padding
 from llmimg.stages.llm.text_encoder import GPT2TextEncoder, hidden_states
 from llmimg.stages.llm.train import LLMBank, train
@@ -57,4 +57,4 @@ __all__ = ["ClipCapLM", "Config", "Context", "FORMAT", "GPT2TextEncoder", "HEADL
            "MAX_TRIES", "OPEN_ATTRIBUTES", "PrefixMapper", "RETRAIN", "STAGE", "ShapesLLM", "TASKS", "Written", "build",
            "caption_scores", "default_config", "evaluate", "get", "gpt2_config", "greedy_decode", "hidden_states",
            "in_reading_order", "key", "mapper_config", "open_attributes", "positions", "prompt_seeds", "task_ids",
-           "total_variation", "train", "trim_padding", "upsampling_scores"]
+           "total_variation", "train", "trim_padding", "tv_difference", "upsampling_scores"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import warnings
 from collections import Counter
 from typing import Any
 
@@ -47,42 +48,117 @@ def total_variation(a: Counter, b: Counter) -> float:
     return 0.5 * sum(abs(a[k] / na - b[k] / nb) for k in set(a) | set(b))
 
 
+N_BOOTSTRAP = 400  # resamples of the prompts behind a TV distance's standard error
+
+
+def _open_counts(prompts: list[str], outputs: list[str], seed: int) -> dict[str, Any]:
+    """Per prompt: whether its description parses and keeps it, and the open attributes it and two oracle runs fill.
+
+    The oracle's draws depend only on ``prompts`` and ``seed``, so two sets of ``outputs``
+    for the same prompts are compared with the same oracle runs.
+    """
+    rng = seeding.numpy_rng(seed, "eval")
+    valid, kept, objects, model, oracle, oracle2 = [], [], [], [], [], []
+    for prompt, text in zip(prompts, outputs):
+        objects.append(len(parse_prompt(prompt)))
+        oracle.append(Counter(open_attributes(prompt, complete_prompt(prompt, rng))))
+        oracle2.append(Counter(open_attributes(prompt, complete_prompt(prompt, rng))))
+        try:
+            scene = parse_description(text)
+        except ParseError:
+            scene = None
+        valid.append(scene is not None)
+        kept.append(scene is not None and prompt_matches(prompt, scene))
+        model.append(Counter(open_attributes(prompt, scene)) if kept[-1] else Counter())
+    return {"valid": valid, "kept": kept, "objects": objects, "model": model, "oracle": oracle, "oracle2": oracle2}
+
+
+def _tv_matrix(rows: list[Counter], keys: list[tuple[str, str]]) -> np.ndarray:
+    """Per-prompt counts as a (prompts, keys) matrix, so that resampled totals are one matrix product."""
+    return np.array([[row[k] for k in keys] for row in rows], dtype=float).reshape(len(rows), len(keys))
+
+
+def _weighted_tv(a: np.ndarray, b: np.ndarray, keys: list[tuple[str, str]], weights: np.ndarray) -> np.ndarray:
+    """The open-attribute TV (mean over attributes, NaN-skipping) of the counts ``a`` against ``b`` with the prompts
+    weighted by each row of ``weights`` (shape (draws, prompts)); one distance per row."""
+    per_attribute = []
+    for attribute in OPEN_ATTRIBUTES:
+        cols = [j for j, k in enumerate(keys) if k[0] == attribute]
+        if not cols:
+            continue
+        ca, cb = weights @ a[:, cols], weights @ b[:, cols]  # (draws, values): the pooled counts
+        na, nb = ca.sum(1, keepdims=True), cb.sum(1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_attribute.append(0.5 * np.abs(ca / na - cb / nb).sum(1))
+    if not per_attribute:
+        return np.full(len(weights), np.nan)
+    with warnings.catch_warnings():  # a draw where no attribute was filled in stays NaN, as _mean gives
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(np.stack(per_attribute), axis=0)
+
+
+def _spread(draws: np.ndarray) -> float:
+    """The standard deviation of the finite bootstrap draws (NaN with fewer than two: nothing was filled in)."""
+    finite = draws[np.isfinite(draws)]
+    return float(finite.std(ddof=1)) if len(finite) > 1 else float("nan")
+
+
+def _bootstrap_weights(n: int, seed: int, draws: int = N_BOOTSTRAP) -> np.ndarray:
+    """``draws`` resamples of ``n`` prompts with replacement, as multiplicities (shape (draws, n))."""
+    rng = seeding.numpy_rng(seed, "bootstrap")
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=draws).astype(float)
+
+
 def upsampling_scores(prompts: list[str], outputs: list[str], seed: int = 0) -> dict[str, Any]:
     """Validity, faithfulness and open-attribute distribution match of descriptions written for ``prompts``.
 
     The distribution is compared with the oracle upsampler (:func:`~llmimg.core.data.complete_prompt`)
     on the same prompts, by the total-variation distance per open attribute;
     ``open_attribute_tv_floor`` is the distance between two oracle runs of the same
-    size, the part of the number that is sampling noise.
+    size, the part of the number that is sampling noise. ``open_attribute_tv_se`` is
+    the distance's standard error, by the bootstrap over prompts (a TV distance is not
+    a mean, so it has no binomial formula).
     """
-    rng = seeding.numpy_rng(seed, "eval")
-    valid = faithful = 0
-    model, oracle, oracle2 = Counter(), Counter(), Counter()
+    c = _open_counts(prompts, outputs, seed)
     by_count: dict[str, list[bool]] = {}
-    for prompt, text in zip(prompts, outputs):
-        kept = by_count.setdefault(str(len(parse_prompt(prompt))), [])
-        kept.append(False)
-        oracle.update(open_attributes(prompt, complete_prompt(prompt, rng)))
-        oracle2.update(open_attributes(prompt, complete_prompt(prompt, rng)))
-        try:
-            scene = parse_description(text)
-        except ParseError:
-            continue
-        valid += 1
-        if prompt_matches(prompt, scene):
-            faithful += 1
-            kept[-1] = True
-            model.update(open_attributes(prompt, scene))
+    for k, kept in zip(c["objects"], c["kept"]):
+        by_count.setdefault(str(k), []).append(kept)
+    model, oracle, oracle2 = (sum(c[name], Counter()) for name in ("model", "oracle", "oracle2"))
     by_attr = {a: total_variation(Counter({k: v for k, v in model.items() if k[0] == a}),
                                   Counter({k: v for k, v in oracle.items() if k[0] == a})) for a in OPEN_ATTRIBUTES}
     floor = {a: total_variation(Counter({k: v for k, v in oracle2.items() if k[0] == a}),
                                 Counter({k: v for k, v in oracle.items() if k[0] == a})) for a in OPEN_ATTRIBUTES}
+    keys = sorted(set(model) | set(oracle))
+    draws = _weighted_tv(_tv_matrix(c["model"], keys), _tv_matrix(c["oracle"], keys), keys,
+                         _bootstrap_weights(len(prompts), seed))
     n = len(prompts)
-    return {"valid_rate": valid / n, "faithfulness": faithful / n,
+    return {"valid_rate": sum(c["valid"]) / n, "faithfulness": sum(c["kept"]) / n,
             "faithfulness_by_objects": {k: float(np.mean(v)) for k, v in sorted(by_count.items())},
             "open_attribute_tv": _mean(by_attr.values()),
+            "open_attribute_tv_se": _spread(draws),
             "open_attribute_tv_floor": _mean(floor.values()),
             "open_attribute_tv_per_attribute": by_attr}
+
+
+def tv_difference(prompts: list[str], outputs_a: list[str], outputs_b: list[str], seed: int = 0) -> dict[str, float]:
+    """Open-attribute TV of ``outputs_a`` minus that of ``outputs_b``, both written for the same ``prompts``.
+
+    Both are measured against the same oracle runs, and the standard error of the
+    difference comes from resampling the prompts together (a paired bootstrap): the
+    course's rule reads a difference below two of them as noise. Returns ``tv_a``,
+    ``tv_b``, ``diff`` and ``se``.
+    """
+    if len(outputs_a) != len(prompts) or len(outputs_b) != len(prompts):
+        raise ValueError(f"one description per prompt in both settings: {len(prompts)} prompts, "
+                         f"{len(outputs_a)} and {len(outputs_b)} descriptions")
+    a, b = _open_counts(prompts, outputs_a, seed), _open_counts(prompts, outputs_b, seed)
+    keys = sorted(set().union(*a["model"], *b["model"], *a["oracle"]))
+    oracle = _tv_matrix(a["oracle"], keys)
+    weights = np.vstack([np.ones(len(prompts)), _bootstrap_weights(len(prompts), seed)])  # row 0: the sample itself
+    tv_a, tv_b = (_weighted_tv(_tv_matrix(c["model"], keys), oracle, keys, weights) for c in (a, b))
+    diff = tv_a - tv_b
+    return {"tv_a": float(tv_a[0]), "tv_b": float(tv_b[0]), "diff": float(diff[0]),
+            "se": _spread(diff[1:])}
 
 
 def _mean(values: Any) -> float:
@@ -189,7 +265,7 @@ def evaluate(llm: ShapesLLM, n: int = 500, split: str = "val", seed: int = 0,
         for key, count in (("one_object", "1"), ("two_objects", "2")):
             rates[f"{prefix}faithfulness_{key}"] = scores["faithfulness_by_objects"].get(count, float("nan"))
         if not prefix:
-            tv = {k: scores[k] for k in ("open_attribute_tv", "open_attribute_tv_floor",
+            tv = {k: scores[k] for k in ("open_attribute_tv", "open_attribute_tv_se", "open_attribute_tv_floor",
                                          "open_attribute_tv_per_attribute")}
     rates.update(caption_scores([s.scene for s in samples], written))
     rates["heldout_caption_accuracy"] = caption_scores([s.scene for s in heldout], written_heldout)["caption_accuracy"]
@@ -204,4 +280,4 @@ def evaluate(llm: ShapesLLM, n: int = 500, split: str = "val", seed: int = 0,
 
 
 __all__ = ["HEADLINE", "OPEN_ATTRIBUTES", "caption_scores", "evaluate", "evaluate_planner", "open_attributes",
-           "total_variation", "upsampling_scores"]
+           "total_variation", "tv_difference", "upsampling_scores"]
