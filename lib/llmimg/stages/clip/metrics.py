@@ -70,8 +70,9 @@ def retrieval(clip: ShapesCLIP, n: int = 1000, candidates: int = CANDIDATES, spl
     scenes may be identical). The pairs are samples of ``world`` (None: the world
     ``clip`` was trained on). With ``hard_negatives`` each group is ``candidates // 2``
     samples and, rendered beside them, their :func:`hard_negative` scenes: every query
-    then has a rival that holds the same words bound differently, so a bag-of-words
-    model scores about 0.5 and only binding reaches 1.
+    then has a rival that differs only in how attributes are bound (or, for one object,
+    in one word), so a bag-of-words model is right on about half of the swapped pairs
+    and only binding reaches 1.
     """
     if n < candidates:
         raise ValueError(f"n ({n}) must be at least the number of candidates ({candidates})")
