@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from llmimg.cli.parser import JOINT_REGIMES
@@ -202,71 +203,70 @@ def _figure_image(fig):
     return image
 
 
-def experiment_command(args: argparse.Namespace) -> int:
-    from llmimg.research import recipes, seed_spread
-
-    if args.name == "reranking":
-        return _reranking(args)
-    if args.name == "geneval-recipes":
-        return _geneval_recipes(args)
-    if args.name == "clip-binding":
-        return _clip_binding(args)
-    if args.name == "seed-spread":
-        record = seed_spread.run(args.profile, args.seeds, progress=not args.no_progress)
-        if args.json:
-            print(json.dumps(record))
-            return 0
-        print(f"recorded in {_shown(seed_spread.results_path(args.profile), where='')} ({record['minutes']} min)")
-        for name, values in record["numbers"].items():
-            print(f"  {name:>40}: " + "  ".join(f"{v:.4f}" for v in values))
-        return 0
-
-    record = recipes.run(args.profile, args.only, steps=args.steps, progress=not args.no_progress)
+def _report(args: argparse.Namespace, record: dict, path: Path, lines: Iterable[str], note: str = "") -> int:
+    """What every ``llmimg experiment`` prints: with --json the whole record as one JSON object, else where it was
+    recorded (and ``note``) and one line per result."""
     if args.json:
         print(json.dumps(record))
         return 0
-    print(f"recorded in {_shown(recipes.results_path(args.profile), where='')}")
+    print(f"recorded in {_shown(path, where='')}" + (f" ({note})" if note else ""))
+    for line in lines:
+        print(f"  {line}")
+    return 0
+
+
+def experiment_command(args: argparse.Namespace) -> int:
+    """``llmimg experiment NAME``: run the named experiment (the parser admits only known names) and report it."""
+    handlers = {"reranking": _reranking, "geneval-recipes": _geneval_recipes, "clip-binding": _clip_binding,
+                "seed-spread": _seed_spread, "generator-recipes": _generator_recipes}
+    return handlers[args.name](args)
+
+
+def _seed_spread(args: argparse.Namespace) -> int:
+    from llmimg.research import seed_spread
+
+    record = seed_spread.run(args.profile, args.seeds, progress=not args.no_progress)
+    lines = [f"{name:>40}: " + "  ".join(f"{v:.4f}" for v in values) for name, values in record["numbers"].items()]
+    return _report(args, record, seed_spread.results_path(args.profile), lines, f"{record['minutes']} min")
+
+
+def _generator_recipes(args: argparse.Namespace) -> int:
+    from llmimg.research import recipes
+
+    record = recipes.run(args.profile, args.only, steps=args.steps, progress=not args.no_progress)
+    lines = []
     for name, r in record["recipes"].items():
         last, two = (r["curve"][-1] if r["curve"] else {}), r.get("two_objects", {})
-        print(f"  {name:>24}: {r['steps']} steps in {r['train_seconds'] or float('nan'):.0f} s, all-correct "
-              f"{last.get('all_correct', float('nan')):.3f} on {last.get('n', 0)} one-object and "
-              f"{two.get('all_correct', float('nan')):.3f} on {two.get('n', 0)} two-object val descriptions")
-    return 0
+        lines.append(f"{name:>24}: {r['steps']} steps in {r['train_seconds'] or float('nan'):.0f} s, all-correct "
+                     f"{last.get('all_correct', float('nan')):.3f} on {last.get('n', 0)} one-object and "
+                     f"{two.get('all_correct', float('nan')):.3f} on {two.get('n', 0)} two-object val descriptions")
+    return _report(args, record, recipes.results_path(args.profile), lines)
 
 
 def _geneval_recipes(args: argparse.Namespace) -> int:
     from llmimg.research import geneval_recipes
 
     record = geneval_recipes.run(args.profile, progress=not args.no_progress)
-    if args.json:
-        print(json.dumps(record))
-        return 0
-    print(f"recorded in {_shown(geneval_recipes.results_path(args.profile), where='')}")
+    lines = []
     for name, r in record["recipes"].items():
         on = r["val"]["llm_on"]
-        print(f"  {name:>36}: overall {on['overall']['rate']:.3f} ± {on['overall']['se']:.3f}, counting "
-              f"{on['categories']['counting']['rate']:.3f} ± {on['categories']['counting']['se']:.3f} (LLM on)")
-    for rows in record["paired"].values():
-        for category in ("overall", "counting"):
-            print(f"  {category}: {rows[category]['sentence']}")
-    return 0
+        lines.append(f"{name:>36}: overall {on['overall']['rate']:.3f} ± {on['overall']['se']:.3f}, counting "
+                     f"{on['categories']['counting']['rate']:.3f} ± {on['categories']['counting']['se']:.3f} "
+                     "(LLM on)")
+    lines += [f"{category}: {rows[category]['sentence']}" for rows in record["paired"].values()
+              for category in ("overall", "counting")]
+    return _report(args, record, geneval_recipes.results_path(args.profile), lines)
 
 
 def _clip_binding(args: argparse.Namespace) -> int:
     from llmimg.research import clip_binding
 
     record = clip_binding.run(args.profile, args.seeds, progress=not args.no_progress)
-    if args.json:
-        print(json.dumps(record))
-        return 0
-    print(f"recorded in {_shown(clip_binding.results_path(args.profile), where='')} (n = {record['n']} per measure)")
-    for arm, metrics in record["summary"].items():
-        print(f"  {arm:>24}: " + ", ".join(f"{m} {v['mean']:.3f} (seed sd {v['seed_sd']:.3f})"
-                                           for m, v in metrics.items()))
-    for row in record["paired"]:
-        print(f"  seed {row['seed']}, binding on val: {100 * row['diff']:+.1f} points (paired se "
-              f"{100 * row['se']:.1f}): {row['verdict']}")
-    return 0
+    lines = [f"{arm:>24}: " + ", ".join(f"{m} {v['mean']:.3f} (seed sd {v['seed_sd']:.3f})" for m, v in metrics.items())
+             for arm, metrics in record["summary"].items()]
+    lines += [f"seed {row['seed']}, binding on val: {100 * row['diff']:+.1f} points (paired se "
+              f"{100 * row['se']:.1f}): {row['verdict']}" for row in record["paired"]]
+    return _report(args, record, clip_binding.results_path(args.profile), lines, f"n = {record['n']} per measure")
 
 
 def _reranking(args: argparse.Namespace) -> int:
@@ -274,14 +274,8 @@ def _reranking(args: argparse.Namespace) -> int:
 
     record = reranking.run(args.profile, world=args.world, n_prompts=args.prompts, n_candidates=args.candidates,
                            progress=not args.no_progress)
-    if args.json:
-        print(json.dumps(record))
-        return 0
-    print(f"recorded in {_shown(reranking.results_path(args.profile, args.world), where='')} "
-          f"({record['minutes']} min, {args.world} world)")
-    for name, row in record["rows"].items():
-        print(f"  {name:>7}: all-correct {row['all_correct']:.3f} ± {row['all_correct_se']:.3f} on {row['n']} "
-              f"prompts  ({reranking.ROWS[name]})")
-    for line in record["paired"].values():
-        print(f"  {line['sentence']}")
-    return 0
+    lines = [f"{name:>7}: all-correct {row['all_correct']:.3f} ± {row['all_correct_se']:.3f} on {row['n']} "
+             f"prompts  ({reranking.ROWS[name]})" for name, row in record["rows"].items()]
+    lines += [line["sentence"] for line in record["paired"].values()]
+    return _report(args, record, reranking.results_path(args.profile, args.world), lines,
+                   f"{record['minutes']} min, {args.world} world")

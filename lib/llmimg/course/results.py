@@ -50,8 +50,10 @@ def _generator_recipes(r: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _clip_binding(r: dict[str, Any]) -> list[tuple[str, str]]:
-    with_, without = (r["summary"][arm]["binding_val"] for arm in ("hard negatives (default)", "no hard negatives"))
-    ahead = sum(row["verdict"] == "hard negatives (default) ahead" for row in r["paired"])
+    from llmimg.research import clip_binding
+
+    with_, without = (r["summary"][arm]["binding_val"] for arm in clip_binding.ARMS)
+    ahead = clip_binding.seeds_ahead(r)
     return [(f"GenEval-shaped world: CLIP binding, with / without hard negatives ({len(r['paired'])} training seeds)",
              f"{with_['mean']:.3f} ± {with_['seed_sd']:.3f} / {without['mean']:.3f} ± {without['seed_sd']:.3f} "
              f"(mean ± sd over seeds, {r['n']} images, chance 0.5); with ahead at {ahead} of {len(r['paired'])} "

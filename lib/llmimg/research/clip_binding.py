@@ -76,6 +76,11 @@ def measure(clip: clip_stage.ShapesCLIP, n: int) -> tuple[dict[str, float], np.n
     return metrics, outcomes
 
 
+def seeds_ahead(record: dict[str, Any]) -> int:
+    """At how many of the record's training seeds the default arm is ahead by the paired rule."""
+    return sum(row["verdict"] == f"{DEFAULT} ahead" for row in record["paired"])
+
+
 def seed_numbers(profile: str | Profile | None = None) -> dict[str, list[float]]:
     """The default arm's headline numbers at each seed, named as the reference names them (``clip.<metric>``);
     empty when ``profile`` has no record. ``llmimg reproduce --write-reference`` counts their spread."""
@@ -139,4 +144,4 @@ def run(profile: str | Profile | None = None, seeds: Sequence[int] = (0, 1, 2), 
 
 
 __all__ = ["ARMS", "DEFAULT", "METRICS", "arm_config", "load", "measure", "results_path", "run", "seed_numbers",
-           "summarise"]
+           "seeds_ahead", "summarise"]

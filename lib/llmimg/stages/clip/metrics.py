@@ -82,15 +82,16 @@ def retrieval(clip: ShapesCLIP, n: int = 1000, candidates: int = CANDIDATES, spl
     n_groups = n // candidates
     per_group = candidates // 2 if hard_negatives else candidates
     samples = _eval_samples(clip, n_groups * per_group, split, seed, world)
-    images, descriptions = [s.image for s in samples], [s.description for s in samples]
-    if hard_negatives:
+    if hard_negatives:  # each group: its samples, then their negatives
         rng = seeding.numpy_rng(seed, "eval")
         negatives = [hard_negative(s.scene, rng) for s in samples]
         images, descriptions = [], []
-        for start in range(0, len(samples), per_group):  # each group: its samples, then their negatives
+        for start in range(0, len(samples), per_group):
             group = range(start, start + per_group)
             images += [samples[i].image for i in group] + [render(negatives[i]) for i in group]
             descriptions += [samples[i].description for i in group] + [describe(negatives[i]) for i in group]
+    else:
+        images, descriptions = [s.image for s in samples], [s.description for s in samples]
     image_emb = clip.encode_image(np.stack(images))
     text_emb = clip.encode_text(descriptions, check=False)
     all_descriptions = np.array(descriptions)

@@ -73,28 +73,27 @@ def _open_counts(prompts: list[str], outputs: list[str], seed: int) -> dict[str,
     return {"valid": valid, "kept": kept, "objects": objects, "model": model, "oracle": oracle, "oracle2": oracle2}
 
 
-def _tv_matrix(rows: list[Counter], keys: list[tuple[str, str]]) -> np.ndarray:
-    """Per-prompt counts as a (prompts, keys) matrix, so that resampled totals are one matrix product."""
-    return np.array([[row[k] for k in keys] for row in rows], dtype=float).reshape(len(rows), len(keys))
-
-
-def _weighted_tv(a: np.ndarray, b: np.ndarray, keys: list[tuple[str, str]], weights: np.ndarray) -> np.ndarray:
-    """The open-attribute TV (mean over attributes, NaN-skipping) of the counts ``a`` against ``b`` with the prompts
-    weighted by each row of ``weights`` (shape (draws, prompts)); one distance per row."""
-    per_attribute = []
+def _tv_by_attribute(a_rows: list[Counter], b_rows: list[Counter], weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Per open attribute, the TV distance between the pooled per-prompt counts ``a_rows`` and ``b_rows`` with the
+    prompts weighted by each row of ``weights`` (shape (draws, prompts)): one distance per row, NaN where a side
+    filled the attribute in nowhere (as :func:`total_variation`)."""
+    tv = {}
     for attribute in OPEN_ATTRIBUTES:
-        cols = [j for j, k in enumerate(keys) if k[0] == attribute]
-        if not cols:
-            continue
-        ca, cb = weights @ a[:, cols], weights @ b[:, cols]  # (draws, values): the pooled counts
+        keys = sorted({k for row in (*a_rows, *b_rows) for k in row if k[0] == attribute})
+        a, b = (np.array([[row[k] for k in keys] for row in rows], dtype=float).reshape(len(rows), len(keys))
+                for rows in (a_rows, b_rows))
+        ca, cb = weights @ a, weights @ b  # (draws, values): the pooled counts
         na, nb = ca.sum(1, keepdims=True), cb.sum(1, keepdims=True)
         with np.errstate(invalid="ignore", divide="ignore"):
-            per_attribute.append(0.5 * np.abs(ca / na - cb / nb).sum(1))
-    if not per_attribute:
-        return np.full(len(weights), np.nan)
+            tv[attribute] = np.where((na[:, 0] > 0) & (nb[:, 0] > 0), 0.5 * np.abs(ca / na - cb / nb).sum(1), np.nan)
+    return tv
+
+
+def _mean_tv(tv: dict[str, np.ndarray]) -> np.ndarray:
+    """The open-attribute TV of each draw: the mean over the attributes that are not NaN (NaN if none is)."""
     with warnings.catch_warnings():  # a draw where no attribute was filled in stays NaN, as _mean gives
         warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(np.stack(per_attribute), axis=0)
+        return np.nanmean(np.stack(list(tv.values())), axis=0)
 
 
 def _spread(draws: np.ndarray) -> float:
@@ -103,10 +102,11 @@ def _spread(draws: np.ndarray) -> float:
     return float(finite.std(ddof=1)) if len(finite) > 1 else float("nan")
 
 
-def _bootstrap_weights(n: int, seed: int, draws: int = N_BOOTSTRAP) -> np.ndarray:
-    """``draws`` resamples of ``n`` prompts with replacement, as multiplicities (shape (draws, n))."""
+def _weights(n: int, seed: int, draws: int = N_BOOTSTRAP) -> np.ndarray:
+    """The prompts' weights: row 0 the sample itself (all ones), then ``draws`` resamples of the ``n`` prompts with
+    replacement, as multiplicities (shape (draws + 1, n))."""
     rng = seeding.numpy_rng(seed, "bootstrap")
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=draws).astype(float)
+    return np.vstack([np.ones(n), rng.multinomial(n, np.full(n, 1.0 / n), size=draws).astype(float)])
 
 
 def upsampling_scores(prompts: list[str], outputs: list[str], seed: int = 0) -> dict[str, Any]:
@@ -123,21 +123,16 @@ def upsampling_scores(prompts: list[str], outputs: list[str], seed: int = 0) -> 
     by_count: dict[str, list[bool]] = {}
     for k, kept in zip(c["objects"], c["kept"]):
         by_count.setdefault(str(k), []).append(kept)
-    model, oracle, oracle2 = (sum(c[name], Counter()) for name in ("model", "oracle", "oracle2"))
-    by_attr = {a: total_variation(Counter({k: v for k, v in model.items() if k[0] == a}),
-                                  Counter({k: v for k, v in oracle.items() if k[0] == a})) for a in OPEN_ATTRIBUTES}
-    floor = {a: total_variation(Counter({k: v for k, v in oracle2.items() if k[0] == a}),
-                                Counter({k: v for k, v in oracle.items() if k[0] == a})) for a in OPEN_ATTRIBUTES}
-    keys = sorted(set(model) | set(oracle))
-    draws = _weighted_tv(_tv_matrix(c["model"], keys), _tv_matrix(c["oracle"], keys), keys,
-                         _bootstrap_weights(len(prompts), seed))
+    weights = _weights(len(prompts), seed)
+    tv = _tv_by_attribute(c["model"], c["oracle"], weights)
+    floor = _tv_by_attribute(c["oracle2"], c["oracle"], weights[:1])
     n = len(prompts)
     return {"valid_rate": sum(c["valid"]) / n, "faithfulness": sum(c["kept"]) / n,
             "faithfulness_by_objects": {k: float(np.mean(v)) for k, v in sorted(by_count.items())},
-            "open_attribute_tv": _mean(by_attr.values()),
-            "open_attribute_tv_se": _spread(draws),
-            "open_attribute_tv_floor": _mean(floor.values()),
-            "open_attribute_tv_per_attribute": by_attr}
+            "open_attribute_tv": _mean({a: v[0] for a, v in tv.items()}.values()),
+            "open_attribute_tv_se": _spread(_mean_tv(tv)[1:]),
+            "open_attribute_tv_floor": _mean(v[0] for v in floor.values()),
+            "open_attribute_tv_per_attribute": {a: float(v[0]) for a, v in tv.items()}}
 
 
 def tv_difference(prompts: list[str], outputs_a: list[str], outputs_b: list[str], seed: int = 0) -> dict[str, float]:
@@ -152,13 +147,10 @@ def tv_difference(prompts: list[str], outputs_a: list[str], outputs_b: list[str]
         raise ValueError(f"one description per prompt in both settings: {len(prompts)} prompts, "
                          f"{len(outputs_a)} and {len(outputs_b)} descriptions")
     a, b = _open_counts(prompts, outputs_a, seed), _open_counts(prompts, outputs_b, seed)
-    keys = sorted(set().union(*a["model"], *b["model"], *a["oracle"]))
-    oracle = _tv_matrix(a["oracle"], keys)
-    weights = np.vstack([np.ones(len(prompts)), _bootstrap_weights(len(prompts), seed)])  # row 0: the sample itself
-    tv_a, tv_b = (_weighted_tv(_tv_matrix(c["model"], keys), oracle, keys, weights) for c in (a, b))
+    weights = _weights(len(prompts), seed)
+    tv_a, tv_b = (_mean_tv(_tv_by_attribute(c["model"], a["oracle"], weights)) for c in (a, b))
     diff = tv_a - tv_b
-    return {"tv_a": float(tv_a[0]), "tv_b": float(tv_b[0]), "diff": float(diff[0]),
-            "se": _spread(diff[1:])}
+    return {"tv_a": float(tv_a[0]), "tv_b": float(tv_b[0]), "diff": float(diff[0]), "se": _spread(diff[1:])}
 
 
 def _mean(values: Any) -> float:
