@@ -19,6 +19,7 @@ from llmimg.course.exercises import (
     check_model_probability,
     check_oracle_probability,
     check_perplexity,
+    check_relation_layouts,
     check_token_count,
     oracle_probability,
 )
@@ -41,6 +42,7 @@ def _assert_missing(feedback):
     (check_perplexity, 1.7332530178673953, 0.55),   # e^0.55; the loss itself is not the perplexity
     (check_oracle_probability, 1 / 2016, 1 / 2592), # positions drawn with replacement would give 1/2592
     (check_kv_cache_positions, (221, 21), (221, 22)),
+    (check_relation_layouts, 23, 27),               # 27: any cell in a column further left
 ])
 def test_right_wrong_missing_junk(check, right, wrong):
     assert check(right), check(right)
@@ -115,3 +117,13 @@ def test_model_probability(smoke_llm):
     for junk in JUNK:
         _assert_not_yet(check_model_probability(smoke_llm, junk))
     _assert_not_yet(check_model_probability(None, 0.5))  # no model: a "not yet", not a traceback
+
+
+@pytest.mark.parametrize("relation, words", [("left of", "to the left of"), ("right of", "to the right of"),
+                                             ("above", "above"), ("below", "below")])
+def test_relation_layouts_agree_with_the_planner(relation, words):
+    from llmimg.core.data.geneval.layout import placements
+
+    n = len(placements(f"a red circle {words} a blue square"))
+    assert n == 23
+    assert check_relation_layouts(n, relation=relation) and not check_relation_layouts(n + 4, relation=relation)

@@ -22,7 +22,7 @@ from llmimg.core.data.world import HELDOUT_PAIRS, POSITIONS, SIZES, allowed_colo
 from llmimg.course.exercises.feedback import NO_ANSWER, Feedback, as_number, check_function, check_number, is_unanswered
 
 __all__ = ["check_lm_loss", "check_kv_cache_positions", "check_model_probability", "check_oracle_probability",
-           "check_perplexity", "check_token_count", "oracle_probability"]
+           "check_perplexity", "check_relation_layouts", "check_token_count", "oracle_probability"]
 
 
 def _never_raises(check: Callable[..., Feedback]) -> Callable[..., Feedback]:
@@ -104,6 +104,31 @@ def check_oracle_probability(answer: Any, prompt: str = "a blue square and a cir
              "training colours (mind the held-out pairs), 2 sizes, and the free cells for the "
              "positions, which two objects cannot share",
     )
+
+
+def relation_layouts(relation: str = "left of") -> int:
+    """Ordered pairs of distinct cells (subject, object) of the 3×3 grid in which ``relation`` holds, by geometry.
+
+    GenEval's rule, from the angle rather than the library's inequality: the step from the
+    object's cell centre to the subject's points the relation's way within 60° of its axis.
+    """
+    way = {"left of": (0, -1), "right of": (0, 1), "above": (-1, 0), "below": (1, 0)}[relation]
+    cells = [(r, c) for r in range(3) for c in range(3)]
+    count = 0
+    for (ra, ca), (rb, cb) in itertools.permutations(cells, 2):
+        dr, dc = ra - rb, ca - cb
+        cos = (dr * way[0] + dc * way[1]) / math.hypot(dr, dc)
+        count += cos > math.cos(math.radians(60)) + 1e-9
+    return count
+
+
+@_never_raises
+def check_relation_layouts(answer: Any, relation: str = "left of") -> Feedback:
+    """In how many ways the planner may place the two objects of "a red circle to the left of a blue square"."""
+    return check_number(_plain(answer), relation_layouts(relation), rtol=0, atol=0.5,
+                        what="the number of layouts",
+                        hint="count (circle cell, square cell) pairs: one column apart the rows may differ by at "
+                             "most 1 (3·1² > Δrow²), two columns apart by anything (3·2² > Δrow²)")
 
 
 @_never_raises
