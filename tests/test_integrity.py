@@ -71,11 +71,14 @@ def pickled_mapper(folder: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def folders(smoke_pipeline, smoke_cache) -> dict[str, Path]:
-    """The smoke profile's three stage folders in the session cache (saved by this code, so with their record)."""
-    root = smoke_cache / "smoke"
-    return {stage: next(p for p in root.iterdir() if p.name.startswith(f"{stage}-") and p.is_dir()
-                        and not p.name.endswith(".partial")) for stage in ("clip", "llm", "generator")}
+def folders(smoke_pipeline, smoke_clip, smoke_llm) -> dict[str, Path]:
+    """The smoke profile's three stage folders in the session cache (saved by this code, so with their record).
+
+    Asked of the stages, not found by name: the cache may also hold other worlds' models, trained by other tests.
+    """
+    from llmimg.stages import generator
+
+    return {"clip": smoke_clip.path, "llm": smoke_llm.path, "generator": generator.get("smoke", progress=False).path}
 
 
 def load(stage: str, folder: Path, clip: ShapesCLIP):
