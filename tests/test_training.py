@@ -439,3 +439,13 @@ def test_two_processes_asking_for_one_model_train_it_once(tmp_path):
     assert [first.exitcode, second.exitcode] == [0, 0]
     assert log.read_text() == "built\nthe other waited\n"
     assert (tmp_path / "cache" / "smoke" / folder_name(cache_key("toy", 1, {"a": 1})) / "weights.txt").is_file()
+
+
+def test_no_progress_bar_inside_a_notebook_that_llmimg_reproduce_runs(monkeypatch, capsys):
+    """Its outputs are committed: a bar asked for with progress=True is left out there, and drawn elsewhere."""
+    short = TrainConfig(steps=3, batch_size=16, lr=0.2, weight_decay=0.0, warmup_steps=1, log_every=1)
+    fit(fresh_model(), batch, loss, short, desc="bar-test")
+    assert "bar-test" in capsys.readouterr().err
+    monkeypatch.setenv("LLMIMG_NOTEBOOK", "05_generator")
+    fit(fresh_model(), batch, loss, short, desc="bar-test")
+    assert "bar-test" not in capsys.readouterr().err

@@ -286,6 +286,12 @@ def current_notebook() -> str | None:
     return os.environ.get(NOTEBOOK_ENV) or None
 
 
+def show_progress(progress: bool = True) -> bool:
+    """Whether to draw a progress bar asked for with ``progress``: never inside a notebook ``llmimg reproduce``
+    runs, whose outputs are committed (a bar there is noise for the reader, and nobody watches it)."""
+    return progress and current_notebook() is None
+
+
 def package_version() -> str:
     """The installed llmimg's version (``0.0.0+unknown`` for a source tree that was not installed)."""
     from importlib.metadata import PackageNotFoundError, version

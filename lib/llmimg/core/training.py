@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from llmimg.core import seeding
+from llmimg.core.config import show_progress
 from llmimg.core.folders import check_records, file_records, verify_files, writing
 from llmimg.core.store import CheckpointError, atomic_directory, load_tensors, save_tensors
 
@@ -432,7 +433,7 @@ def _fit(model: nn.Module, batch: Callable[[int], dict[str, Any]],
             state.observed, state.rng = state.step, _rng_state()
 
     bar = tqdm(total=config.steps, initial=start, desc=desc, unit="step", dynamic_ncols=True,
-               disable=not (progress and accelerator.is_local_main_process))
+               disable=not (show_progress(progress) and accelerator.is_local_main_process))
     if state.running:
         bar.set_postfix(loss=f"{sum(state.running) / len(state.running):.4f}")
     try:

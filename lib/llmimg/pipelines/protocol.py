@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmimg.core.config import Profile
+from llmimg.core.config import Profile, show_progress
 from llmimg.core.data.geneval import CATEGORIES
 from llmimg.core.evaluation.protocol import (EvalSet, ProtocolScore, compare_overall, compare_settings,
                                              judge_protocol, load_eval_set, score_protocol)
@@ -72,7 +72,7 @@ def draw_eval_set(pipe: Any, eval_set: EvalSet, *, upsample: bool, num_inference
     options = {} if num_inference_steps is None else {"num_inference_steps": num_inference_steps}
     images, faithful = [], []
     for start in tqdm(range(0, len(prompts), batch_size), desc="llm on" if upsample else "llm off",
-                      disable=not progress, leave=False):
+                      disable=not show_progress(progress), leave=False):
         rows = slice(start, start + batch_size)
         generators = [torch.Generator().manual_seed(s) for s in seeds[rows]]
         out = pipe(prompts[rows], generator=generators, upsample=upsample, output_type="np", **options)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from llmimg.core import seeding
-from llmimg.core.config import Profile, describe_environment, experiments_dir, get_profile
+from llmimg.core.config import Profile, describe_environment, experiments_dir, get_profile, show_progress
 from llmimg.core.data import ShapesWorld
 from llmimg.core.evaluation import paired_difference, rate_with_se, shapes_eval
 from llmimg.core.store import atomic_write
@@ -75,7 +75,7 @@ def compare_reranking(pipe: PretrainedPipeline, n_prompts: int, n_candidates: in
     correct, raw_correct, image_cos, raw_cos, text_chosen, image_chosen = [], [], [], [], [], []
     ms = {"candidates": 0.0, "prompt": 0.0}
     starts = range(0, n_prompts, batch_size)
-    if progress:
+    if show_progress(progress):
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc="re-ranking", unit="batch")

@@ -34,6 +34,7 @@ from typing import Any, ContextManager
 
 import torch
 
+from llmimg.core.config import show_progress
 from llmimg.core.seeding import noise_generators
 from llmimg.pipelines.shapes import DEFAULT_SCHEDULER, DEFAULT_STEPS, ShapesPipeline
 from llmimg.stages import generator as gen_stage
@@ -304,7 +305,8 @@ def compare(pipe: ShapesPipeline, techniques: Sequence[Technique], prompts: Sequ
     from tqdm.auto import tqdm
 
     by_name = {t.name: t for t in techniques}
-    rows = [measure(pipe, t, prompts, seed=seed) for t in tqdm(techniques, desc="techniques", disable=not progress)]
+    shown = tqdm(techniques, desc="techniques", disable=not show_progress(progress))
+    rows = [measure(pipe, t, prompts, seed=seed) for t in shown]
     default = rows[0]
     for row in rows:
         row["speedup"] = default["ms_per_image"] / row["ms_per_image"]

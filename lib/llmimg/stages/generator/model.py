@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from llmimg.core import seeding
+from llmimg.core.config import show_progress
 from llmimg.core.checks import check_generator, check_sampling
 from llmimg.core.folders import first_line
 from llmimg.core.loading import check_config, check_finite
@@ -301,7 +302,7 @@ class ShapesGenerator:
                         **({"generator": generator} if "generator" in accepts else {})}  # UniPC draws no noise
         unet_call = DeepCache(self.unet, options.deep_cache_interval)
         snapshots = []
-        for i, t in enumerate(tqdm(sched.timesteps, disable=not progress, desc="sampling", leave=False)):
+        for i, t in enumerate(tqdm(sched.timesteps, disable=not show_progress(progress), desc="sampling", leave=False)):
             x_in = sched.scale_model_input(latents, t)  # variance-preserving frame for every scheduler
             scale = guidance_scale if i < guided_steps else 1.0
             out = guided_output(self.unet, x_in, t, states, mask, uncond, scale, batched=options.batched_guidance,
