@@ -71,7 +71,7 @@ def pickled_mapper(folder: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def folders(smoke_pipeline, smoke_clip, smoke_llm) -> dict[str, Path]:
+def folders(smoke_clip, smoke_llm) -> dict[str, Path]:
     """The smoke profile's three stage folders in the session cache (saved by this code, so with their record).
 
     Asked of the stages, not found by name: the cache may also hold other worlds' models, trained by other tests.

@@ -46,6 +46,9 @@ def test_lesson_frame(path):
     assert any("check_" in c.source for c in _code(nb)[-4:]), "end with exercises using check_... helpers"
 
 
+TEXT_BAR = re.compile(r"\d+%\|.*\| *\d+/\d+ \[")  # tqdm's text bar: "generator:   0%|   | 0/1200 [00:00<?"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_committed_with_clean_outputs(path):
     nb = nbformat.read(path, as_version=4)
@@ -58,8 +61,8 @@ def test_committed_with_clean_outputs(path):
     # Warnings, notes and waits printed by the libraries are noise for a reader: fix them at their source.
     stderr = [o.text for o in outputs if o.output_type == "stream" and o.name == "stderr"]
     assert not stderr, f"library stderr committed: {stderr[0][:120]!r}"
-    bars = [o for o in outputs if o.output_type == "display_data"
-            and any(w in str(o.get("data", {}).get("text/plain", "")) for w in ("FloatProgress", "IntProgress"))]
+    texts = [str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs]
+    bars = [t for t in texts if any(w in t for w in ("FloatProgress", "IntProgress")) or TEXT_BAR.search(t)]
     assert not bars, "a progress-bar widget was committed (run with progress bars off, as llmimg reproduce does)"
     assert not any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
     assert "papermill" not in nb.metadata
