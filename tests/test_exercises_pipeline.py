@@ -31,10 +31,10 @@ def test_upsampling_gains_are_read_from_the_table():
 
     from llmimg.course.exercises import check_upsampling_gains
 
-    table = pd.DataFrame([{"trained on": "descriptions", "drawn from": "raw prompt", "all_correct": 0.40},
-                          {"trained on": "descriptions", "drawn from": "LLM description", "all_correct": 0.80},
-                          {"trained on": "prompts", "drawn from": "raw prompt", "all_correct": 0.35},
-                          {"trained on": "prompts", "drawn from": "LLM description", "all_correct": 0.30}])
+    table = pd.DataFrame([{"trained on": "descriptions", "drawn from": "raw prompt", "overall": 0.40},
+                          {"trained on": "descriptions", "drawn from": "LLM description", "overall": 0.80},
+                          {"trained on": "prompts", "drawn from": "raw prompt", "overall": 0.35},
+                          {"trained on": "prompts", "drawn from": "LLM description", "overall": 0.30}])
     right = {"descriptions": 40.0, "prompts": -5.0}
     assert_grades(lambda a: check_upsampling_gains(table, a), right, {"descriptions": 40.0, "prompts": 5.0})
     assert "descriptions most" in check_upsampling_gains(table, right).message

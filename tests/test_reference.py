@@ -153,6 +153,13 @@ def test_committed_reference_matches_the_notebooks_that_print_it():
         assert "reference.record(" in source, number
 
 
+def test_every_published_comparison_names_numbers_of_the_reference():
+    # the report puts each published result beside "ours": a renamed number would read "(not run)" there
+    names = {n["name"] for n in json.loads((ROOT / "data" / "reference" / "default.json").read_text())["numbers"]}
+    published = json.loads((ROOT / "data" / "reference" / "published.json").read_text())["results"]
+    assert [name for item in published for name in item["ours"] if name not in names] == []
+
+
 def _git(root: Path, *args: str) -> None:
     subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True)
 

@@ -150,18 +150,13 @@ def _eval_protocol(args: argparse.Namespace) -> int:
     and the generator trained on prompts (the fair arm without an LLM)."""
     from llmimg.cli.commands import output_files, write_pngs
     from llmimg.core.config import get_profile
-    from llmimg.pipelines import protocol, shapes
+    from llmimg.pipelines import protocol
 
     samples = output_files(args.samples, 1) if args.samples is not None else None  # checked before any training
     progress = not args.no_progress
-    clip = _stage("clip").get(args.profile, progress=progress, world=args.world)
-    llm = _stage("llm").get(args.profile, clip=clip, progress=progress)
-    gen = _stage("generator").get(args.profile, clip=clip, progress=progress, world=args.world)
-    baseline = _stage("generator").get(args.profile, config=protocol.prompt_trained_config(args.profile), clip=clip,
-                                       progress=progress)
-    pipe, prompt_pipe = (shapes.ShapesPipeline.from_stages(llm, g) for g in (gen, baseline))
-    for p in (pipe, prompt_pipe):
-        p.set_progress_bar_config(disable=True)
+    llm, gen, baseline = protocol.stages(args.profile, progress=progress)
+    clip = llm.clip
+    pipe, prompt_pipe = protocol.as_pipelines(llm, gen, baseline)
     n = args.n or get_profile(args.profile).size("pipeline.protocol_n")
     # Each stage's training time and the metrics its manifest keeps (the generator's: its curve's last point).
     stages = {name: {"train_seconds": m.seconds, "metrics": m.metrics or (m.curve[-1] if m.curve else {})}
@@ -218,7 +213,7 @@ def _report(args: argparse.Namespace, record: dict, path: Path, lines: Iterable[
 def experiment_command(args: argparse.Namespace) -> int:
     """``llmimg experiment NAME``: run the named experiment (the parser admits only known names) and report it."""
     handlers = {"reranking": _reranking, "geneval-recipes": _geneval_recipes, "clip-binding": _clip_binding,
-                "seed-spread": _seed_spread, "generator-recipes": _generator_recipes}
+                "transfer": _transfer, "seed-spread": _seed_spread, "generator-recipes": _generator_recipes}
     return handlers[args.name](args)
 
 
@@ -267,6 +262,19 @@ def _clip_binding(args: argparse.Namespace) -> int:
     lines += [f"seed {row['seed']}, binding on val: {100 * row['diff']:+.1f} points (paired se "
               f"{100 * row['se']:.1f}): {row['verdict']}" for row in record["paired"]]
     return _report(args, record, clip_binding.results_path(args.profile), lines, f"n = {record['n']} per measure")
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    from llmimg.research import transfer
+
+    record = transfer.run(args.profile, args.seeds, progress=not args.no_progress)
+    lines = [f"{kind:>15}, step {record['steps'][-1]}: " + ", ".join(
+        f"{m} {v['mean']:.3f} (seed sd {v['seed_sd']:.3f})" for m, v in metrics.items())
+        for kind, metrics in record["summary"].items()]
+    lines += [f"seed {row['seed']}, step {row['step']}, {row['a']} - {row['b']}: {100 * row['diff']:+.1f} points of "
+              f"mean attribute accuracy (paired se {100 * row['se']:.1f}): {row['verdict']}"
+              for row in record["paired"] if row["step"] == record["steps"][-1]]
+    return _report(args, record, transfer.results_path(args.profile), lines, f"n = {record['n']} images per point")
 
 
 def _reranking(args: argparse.Namespace) -> int:

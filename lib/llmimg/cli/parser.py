@@ -236,12 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      "seed-spread: retrain each stage at other seeds and record its headline numbers. "
                                      "reranking: the pretrained pipeline's re-ranking modes judged by ShapesEval "
                                      "(data/experiments/reranking-<profile>.json; notebook 09 shows it).")
-    experiment.add_argument("name", choices=("generator-recipes", "geneval-recipes", "clip-binding", "seed-spread",
-                                             "reranking"),
+    experiment.add_argument("name", choices=("generator-recipes", "geneval-recipes", "clip-binding", "transfer",
+                                             "seed-spread", "reranking"),
                             help="generator-recipes: the generator recipe search; clip-binding: the GenEval-shaped "
                                  "world's CLIP with and without hard negatives at --seeds "
                                  "(data/experiments/clip-binding-<profile>.json; notebook 03 shows it); "
-                                 "geneval-recipes: the GenEval-shaped "
+                                 "transfer: generators conditioned on the trained LLM's states, the CLIP's and a "
+                                 "GPT-2 learned from scratch, at --seeds (data/experiments/transfer-<profile>.json; "
+                                 "notebook 06 shows it); geneval-recipes: the GenEval-shaped "
                                  "world's generator recipes on the protocol's val prompts, paired with its default "
                                  "(data/experiments/geneval-generator-recipes-<profile>.json); "
                                  "seed-spread: each stage retrained "
@@ -253,8 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--only", nargs="+", metavar="RECIPE", help="run only these recipes (quote names "
                             "with spaces; default: all)")
     experiment.add_argument("--seeds", nargs="+", type=_seed, default=[0, 1, 2], metavar="S",
-                            help="seed-spread and clip-binding: training seeds (default 0 1 2; 0 is the profile's "
-                                 "own model)")
+                            help="seed-spread, clip-binding and transfer: training seeds (default 0 1 2; 0 is the "
+                                 "profile's own model)")
     experiment.add_argument("--steps", type=_positive(1_000_000), default=None,
                             help="optimiser steps for every recipe (default: the profile's)")
     experiment.add_argument("--world", choices=("trained", "tiny"), default="trained",

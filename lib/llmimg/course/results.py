@@ -60,12 +60,28 @@ def _clip_binding(r: dict[str, Any]) -> list[tuple[str, str]]:
              "seeds, paired")]
 
 
+def _transfer(r: dict[str, Any]) -> list[tuple[str, str]]:
+    # the record names its encoders: each paired row's "a" is the LLM's, its "b" the encoder compared with it
+    last, mine = r["steps"][-1], r["paired"][0]["a"]
+    final = [row for row in r["paired"] if row["step"] == last]
+    rows = []
+    for other in dict.fromkeys(row["b"] for row in final):
+        a, b = r["summary"][mine]["mean_attribute"], r["summary"][other]["mean_attribute"]
+        ahead = sum(row["verdict"] == f"{mine} ahead" for row in final if row["b"] == other)
+        rows.append((f"Today's world: a generator on the LLM's states / on the {other!r} encoder, mean attribute "
+                     f"accuracy at step {last} ({len(r['seeds'])} training seeds)",
+                     f"{a['mean']:.3f} ± {a['seed_sd']:.3f} / {b['mean']:.3f} ± {b['seed_sd']:.3f} (mean ± sd over "
+                     f"seeds, {r['n']} images); the LLM's ahead at {ahead} of {len(r['seeds'])} seeds, paired"))
+    return rows
+
+
 # record file -> how to read its headline lines
 RECORDS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "geneval-pipeline-default.json": _geneval_pipeline,
     "geneval-generator-recipes-default.json": _geneval_recipes,
     "clip-binding-default.json": _clip_binding,
     "generator-recipes-default.json": _generator_recipes,
+    "transfer-default.json": _transfer,
 }
 
 

@@ -30,7 +30,10 @@ from llmimg.core.evaluation.protocol import (EvalSet, ProtocolScore, compare_ove
                                              judge_protocol, load_eval_set, score_protocol)
 from llmimg.core.evaluation.statistics import rate_with_se
 from llmimg.core.text import world_of
+from llmimg.pipelines.shapes import ShapesPipeline
+from llmimg.stages import clip as clip_stage
 from llmimg.stages import generator as gen_stage
+from llmimg.stages import llm as llm_stage
 
 SETTINGS: dict[str, bool] = {"llm_on": True, "llm_off": False}  # setting name -> the pipeline's `upsample`
 PROMPT_TRAINED = "prompt_trained"  # the third setting: a generator trained on prompts, drawn from the prompt
@@ -45,6 +48,23 @@ def prompt_trained_config(profile: str | Profile | None = None) -> gen_stage.Gen
     descriptions).
     """
     return replace(gen_stage.default_config(profile, "geneval"), prompt_rate=1.0, curve_every=0)
+
+
+def stages(profile: str | Profile | None = None, *, progress: bool = True) -> tuple[Any, Any, Any]:
+    """The GenEval-shaped world's LLM (with its CLIP), its generator, and the generator trained on prompts
+    (:func:`prompt_trained_config`), each from the cache (trained first if missing)."""
+    clip = clip_stage.get(profile, progress=progress, world="geneval")
+    return (llm_stage.get(profile, clip=clip, progress=progress),
+            gen_stage.get(profile, clip=clip, progress=progress, world="geneval"),
+            gen_stage.get(profile, config=prompt_trained_config(profile), clip=clip, progress=progress))
+
+
+def as_pipelines(llm: Any, *generators: Any) -> tuple[ShapesPipeline, ...]:
+    """One pipeline per generator, all on ``llm`` and its CLIP, their progress bars off."""
+    pipes = tuple(ShapesPipeline.from_stages(llm, g) for g in generators)
+    for pipe in pipes:
+        pipe.set_progress_bar_config(disable=True)
+    return pipes
 
 
 def subset(eval_set: EvalSet, n_per_category: int | None) -> EvalSet:
@@ -201,5 +221,5 @@ def score_from_record(record: dict[str, Any], setting: str = "llm_on") -> Protoc
     return score_protocol(eval_set, np.array([c == "1" for c in record["per_image"][setting]]))
 
 
-__all__ = ["PROMPT_TRAINED", "SETTINGS", "compare", "draw_eval_set", "evaluate_protocol", "prompt_trained_config",
-           "paired_rows", "sample_figure", "score_from_record", "subset"]
+__all__ = ["PROMPT_TRAINED", "SETTINGS", "as_pipelines", "compare", "draw_eval_set", "evaluate_protocol",
+           "paired_rows", "prompt_trained_config", "sample_figure", "score_from_record", "stages", "subset"]

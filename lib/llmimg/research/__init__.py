@@ -1,9 +1,10 @@
 """The notebooks' experiments, each module named by the question it answers:
 
 * ``upsampling``: does an LLM that expands prompts improve prompt following? (notebook 06, claim 1)
-* ``llm_speed``: does the LLM stage make generation faster? (notebook 06, claim 2)
-* ``transfer``: do a language model's states train a generator faster than a text encoder
-  learned from scratch? (notebook 06, claim 3)
+* ``llm_speed``: does the LLM stage make generation faster? Quality at equal time, and time to
+  a target fixed before the run (notebook 06, claim 2)
+* ``transfer``: do a language model's states train a generator faster than CLIP's text states
+  or a text encoder learned from scratch? Three training seeds (notebook 06, claim 3)
 * ``joint``: does training the LLM and the generator together beat training them apart?
   (notebook 07, claim 4)
 * ``recipes``: which generator recipe learns fastest? (notebook 05)

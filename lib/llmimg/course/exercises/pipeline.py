@@ -77,13 +77,14 @@ def check_run_pipeline(answer: Any) -> Feedback:
 
 
 def check_upsampling_gains(table: Any, answer: Any) -> Feedback:
-    """What upsampling adds to each generator of notebook 06's section 4, in points of all-correct.
+    """What upsampling adds to each generator of notebook 06's section 4, in points of GenEval's overall score.
 
-    ``table`` is :func:`llmimg.research.upsampling.upsampling_experiment`'s; ``answer`` a dict from
-    "trained on" (``"descriptions"``, ``"prompts"``) to the all-correct drawn from the
-    LLM's description minus drawn from the raw prompt, ×100. Half a point of slack.
+    ``table`` is the first value :func:`llmimg.research.upsampling.upsampling_experiment` returns;
+    ``answer`` a dict from "trained on" (``"descriptions"``, ``"prompts"``) to the overall
+    score drawn from the LLM's description minus drawn from the raw prompt, ×100. Half a
+    point of slack.
     """
-    cells = table.set_index(["trained on", "drawn from"])["all_correct"]
+    cells = table.set_index(["trained on", "drawn from"])["overall"]
     expected = {kind: 100 * (cells[(kind, "LLM description")] - cells[(kind, "raw prompt")])
                 for kind in table["trained on"].unique()}
     if is_unanswered(answer):
