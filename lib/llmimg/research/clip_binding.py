@@ -15,7 +15,6 @@ across seeds the record keeps the mean and the spread. The record is
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -23,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from llmimg.core.config import Profile, describe_environment, experiments_dir, get_profile
+from llmimg.core.config import Profile, describe_environment, get_profile
 from llmimg.core.evaluation import paired_difference
-from llmimg.core.store import atomic_write
+from llmimg.research.records import read_record, record_path, write_record
 from llmimg.stages import clip as clip_stage
 
 DEFAULT = "hard negatives (default)"
@@ -45,21 +44,12 @@ def arm_config(arm: str, seed: int, profile: str | Profile | None = None) -> cli
 
 def results_path(profile: str | Profile | None = None) -> Path:
     """Where the record of ``profile`` lives (``$LLMIMG_EXPERIMENTS_DIR`` moves it)."""
-    return experiments_dir() / f"clip-binding-{get_profile(profile).name}.json"
+    return record_path("clip-binding", profile)
 
 
 def load(profile: str | Profile | None = None) -> dict[str, Any]:
     """The committed record of ``profile``; a one-line error naming the command that writes it if there is none."""
-    path = results_path(profile)
-    name = get_profile(profile).name
-    if not path.is_file():
-        raise FileNotFoundError(f"no record {path.name}: run `llmimg experiment clip-binding --profile {name}`")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path.name} is damaged ({err.msg}); restore it with `git checkout -- "
-                         f"data/experiments/{path.name}` or run `llmimg experiment clip-binding --profile {name}` "
-                         "again") from None
+    return read_record("clip-binding", profile)
 
 
 def measure(clip: clip_stage.ShapesCLIP, n: int) -> tuple[dict[str, float], np.ndarray]:
@@ -136,10 +126,7 @@ def run(profile: str | Profile | None = None, seeds: Sequence[int] = (0, 1, 2), 
         "paired": paired,
     }
     if record:
-        path = results_path(profile)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path, "w") as f:
-            f.write(json.dumps(result, indent=1, sort_keys=True) + "\n")
+        write_record("clip-binding", profile, result)
     return result
 
 

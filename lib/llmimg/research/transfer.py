@@ -11,7 +11,6 @@ descriptions and noise, so two encoders compare image by image (the course's pai
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -22,14 +21,14 @@ import torch
 from torch import nn
 
 from llmimg.core import seeding
-from llmimg.core.config import Profile, describe_environment, experiments_dir, get_profile
+from llmimg.core.config import Profile, describe_environment, get_profile
 from llmimg.core.data import ShapesWorld
 from llmimg.core.evaluation import paired_difference, shapes_eval, standard_error
-from llmimg.core.store import Manifest, atomic_write, cache_key, cached, read_manifest, write_manifest
+from llmimg.core.store import Manifest, cache_key, cached, read_manifest, write_manifest
 from llmimg.core.training import fit
+from llmimg.research.records import read_record, record_path, write_record
 from llmimg.stages import generator as gen_stage
 from llmimg.stages import llm as llm_stage
-
 
 TRANSFER_KINDS = ("pretrained LLM", "CLIP text", "from scratch")
 TRAINED_KIND = "from scratch"  # the one kind whose text encoder learns with the UNet; the others are frozen
@@ -157,21 +156,13 @@ def transfer_curve(kind: str, profile: str | Profile | None = None, *, seed: int
 
 
 def results_path(profile: str | Profile | None = None) -> Path:
-    """Where the transfer record of ``profile`` lives (``$LLMIMG_EXPERIMENTS_DIR`` moves it)."""
-    return experiments_dir() / f"transfer-{get_profile(profile).name}.json"
+    """Where the record of ``profile`` lives (``$LLMIMG_EXPERIMENTS_DIR`` moves it)."""
+    return record_path("transfer", profile)
 
 
 def load(profile: str | Profile | None = None) -> dict[str, Any]:
     """The committed record of ``profile``; a one-line error naming the command that writes it if there is none."""
-    path, name = results_path(profile), get_profile(profile).name
-    if not path.is_file():
-        raise FileNotFoundError(f"no record {path.name}: run `llmimg experiment transfer --profile {name}`")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path.name} is damaged ({err.msg}); restore it with `git checkout -- "
-                         f"data/experiments/{path.name}` or run `llmimg experiment transfer --profile {name}` "
-                         "again") from None
+    return read_record("transfer", profile)
 
 
 def per_image(point: dict[str, Any], metric: str) -> np.ndarray:
@@ -225,10 +216,7 @@ def run(profile: str | Profile | None = None, seeds: Sequence[int] = (0, 1, 2), 
               "machine": describe_environment(profile), "n": first[0]["n"], "seeds": list(seeds),
               "steps": [p["step"] for p in first], "runs": runs, "summary": summary, "paired": paired}
     if record:
-        path = results_path(profile)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path, "w") as f:
-            f.write(json.dumps(result, indent=1, sort_keys=True) + "\n")
+        write_record("transfer", profile, result)
     return result
 
 
