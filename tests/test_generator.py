@@ -537,3 +537,37 @@ def test_ddim_steps_along_the_clipped_estimate(gen):
     assert gen.config.prediction_type == "sample" and len(implied) == 9
     for noise in implied[1:]:
         torch.testing.assert_close(noise, implied[0])
+
+
+# -- the epsilon-target test (research.noise_error) ---------------------------------------
+def test_noise_error_moves_x0_by_the_error_an_epsilon_network_implies(gen):
+    from llmimg.research.noise_error import noise_error
+
+    x = torch.randn(2, gen.config.latent_channels, gen.config.latent_size, gen.config.latent_size,
+                    generator=torch.Generator().manual_seed(0))
+    abar = gen.scheduler.alphas_cumprod.double()
+    state = torch.get_rng_state()
+    for t in (999, 500):
+        clean = gen.predict_noise(x, t, DESCRIPTIONS[:2])
+        with noise_error(gen, 0.01, seed=3):
+            erring = gen.predict_noise(x, t, DESCRIPTIONS[:2])
+        delta = (clean - erring).double() / (0.01 * ((1 - abar[t]) / abar[t]).sqrt())
+        assert 0.8 < float(delta.std()) < 1.2 and abs(float(delta.mean())) < 0.2  # sigma * N(0, 1) in epsilon
+        with noise_error(gen, 0.01, first_step=False, seed=3):
+            spared = gen.predict_noise(x, t, DESCRIPTIONS[:2])
+        assert torch.equal(spared, clean) == (t == 999)
+    assert torch.equal(torch.get_rng_state(), state)  # its own generator: the global stream is untouched
+    assert "forward" not in vars(gen.unet)  # the UNet is itself again after the block
+
+
+def test_noise_error_test_pairs_its_arms_and_restores_on_errors(gen):
+    from llmimg.research.noise_error import ARMS, noise_error, noise_error_test
+
+    results = noise_error_test(gen, DESCRIPTIONS, sigmas=(0.0,), steps=3)
+    assert list(results) == ["clean", *(f"{arm}, sigma 0" for arm in ARMS)]
+    assert all(v == results["clean"] for v in results.values())  # sigma 0: the same images, image by image
+    with pytest.raises(RuntimeError), noise_error(gen, 0.1):
+        raise RuntimeError("interrupted")
+    assert "forward" not in vars(gen.unet)
+    with pytest.raises(ValueError, match="at least 0"), noise_error(gen, -1.0):
+        pass

@@ -190,6 +190,28 @@ def test_the_tv_distance_has_a_bootstrap_se_and_a_paired_difference():
         L.tv_difference(prompts, oracle[:3], oracle)
 
 
+def test_the_planners_tv_reads_open_attributes_in_prompt_order_against_the_oracle_planner():
+    from llmimg.core.data.geneval import plan_layout
+    from llmimg.core.evaluation.protocol import load_eval_set
+
+    assert L.planner_open_attributes("a red circle to the left of a square", "a small blue square in the center and "
+                                     "a large red circle in the middle left") == [
+        ("size", "large"), ("position", "middle left"), ("colour", "blue"), ("size", "small"), ("position", "center")]
+    assert L.planner_open_attributes("three red circles", "a small red circle in the center") == []  # a miscount
+    assert L.planner_open_attributes("three red circles", "not a layout") == []
+    prompts = [item.prompt for item in load_eval_set("val").items][::2]
+    rng = np.random.default_rng(1)
+    oracle = [describe(plan_layout(p, rng)) for p in prompts]
+    good = L.planner_tv(prompts, oracle)
+    assert abs(good["diff"]) < 2 * good["diff_se"] and 0 < good["floor_se"] < 0.05  # an oracle: noise only
+    assert L.planner_tv(prompts, oracle) == good  # seeded
+    biased = [t.replace("small", "large") for t in oracle]  # every object large
+    bad = L.planner_tv(prompts, biased)
+    assert bad["diff"] > 4 * bad["diff_se"] > 0 and bad["floor"] == good["floor"]
+    with pytest.raises(ValueError, match="one description per prompt"):
+        L.planner_tv(prompts, oracle[:3])
+
+
 def test_caption_scores():
     scenes = [s.scene for s in ShapesWorld(seed=6).samples(3, "val")]
     right = [describe(s) for s in scenes]

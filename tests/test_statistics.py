@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from llmimg.core.evaluation import mcnemar_p, paired_difference, rate_with_se, standard_error
+from llmimg.core.evaluation import beyond_noise, mcnemar_p, paired_difference, rate_with_se, standard_error
+from llmimg.core.evaluation.statistics import z_score
 
 # Ten items: a right on 7, b right on 4; a right and b wrong on items 1, 2, 7, 9, the reverse on item 4.
 A = [1, 1, 1, 0, 0, 1, 0, 1, 1, 1]
@@ -48,6 +49,15 @@ def test_a_difference_of_two_paired_standard_errors_is_called():
     assert swapped.verdict("image", "text") == "text ahead" and swapped.diff == pytest.approx(-0.25)
     line = p.sentence("image", "text")
     assert "+25.0 points" in line and "discordant 10 vs 0" in line and line.endswith("image ahead")
+
+
+def test_the_rule_is_stated_once_at_two_standard_errors_and_the_verdict_reads_it():
+    assert beyond_noise(0.2, 0.1) and beyond_noise(-0.2, 0.1) and not beyond_noise(0.199, 0.1)
+    assert beyond_noise(0.01, 0.0) and not beyond_noise(0.0, 0.0)  # no noise: any difference is one
+    assert z_score(-0.3, 0.1) == pytest.approx(-3) and z_score(0.1, 0) == math.inf and z_score(0, 0) == 0
+    for a, b in (([1] * 8 + [0] * 12, [0] * 20), ([1] * 3 + [0] * 17, [0] * 20)):
+        p = paired_difference(a, b)
+        assert (p.verdict() == "within noise") == (not beyond_noise(p.diff, p.se)) and p.z == z_score(p.diff, p.se)
 
 
 def test_pairing_sees_a_difference_that_independent_trials_would_call_noise():

@@ -34,8 +34,10 @@ def unet_rows(pipe, fn):
 
 
 @pytest.mark.parametrize("switch", [T.two_pass_guidance, T.plain_attention, T.channels_last,
-                                    lambda p: T.threads(1), T.cached_text_states],
-                         ids=["two_pass", "plain_attention", "channels_last", "one_thread", "cached_text_states"])
+                                    lambda p: T.threads(1), T.cached_text_states,
+                                    lambda p: T.compiled(p, backend="eager")],
+                         ids=["two_pass", "plain_attention", "channels_last", "one_thread", "cached_text_states",
+                              "compiled"])
 def test_exact_switches_give_the_same_images_and_leave_the_pipeline_as_it_was(smoke_pipeline, prompts, switch):
     pipe = smoke_pipeline
     before = (pipe.unet, dict(pipe.unet.attn_processors), torch.get_num_threads(), pipe.sampling)

@@ -8,6 +8,8 @@
 * ``joint``: does training the LLM and the generator together beat training them apart?
   (notebook 07, claim 4)
 * ``recipes``: which generator recipe learns fastest? (notebook 05)
+* ``noise_error``: is the first sampling step what breaks the recipe that predicts the noise?
+  (notebook 05)
 * ``geneval_recipes``: which generator recipe draws the GenEval-shaped world's prompts best?
 * ``seed_spread``: how far do the headline numbers move with the training seed?
 * ``reranking``: what should the pretrained pipeline's verifier compare: a candidate's text or

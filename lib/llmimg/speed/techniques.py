@@ -134,16 +134,18 @@ def threads(n: int) -> Iterator[None]:
 
 
 @contextmanager
-def compiled(pipe: ShapesPipeline) -> Iterator[None]:
+def compiled(pipe: ShapesPipeline, backend: str = "inductor") -> Iterator[None]:
     """The UNet through ``torch.compile`` (Inductor; the first call of each shape compiles), as a component.
 
+    ``backend`` is ``torch.compile``'s (``"eager"`` traces without generating code: the
+    tests check the switch that way, in seconds instead of Inductor's minute on a CPU).
     Dynamo's notes on graph breaks and on diffusers' cached version checks are kept out
     of the output.
     """
     quiet = [logging.getLogger(name) for name in ("torch._dynamo", "torch._inductor", "torch.utils.cpp_extension")]
     levels = [logger.level for logger in quiet]
     unet = pipe.unet
-    pipe.register_modules(unet=torch.compile(unet))
+    pipe.register_modules(unet=torch.compile(unet, backend=backend))
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", module=r"torch\._dynamo")

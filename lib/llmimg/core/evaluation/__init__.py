@@ -26,10 +26,10 @@ from llmimg.core.evaluation.shapes_eval import (
     score_image,
     shapes_eval,
 )
-from llmimg.core.evaluation.statistics import (PairedDifference, Rate, compare_rates, mcnemar_p, paired_difference,
-                                               rate_with_se, standard_error)
+from llmimg.core.evaluation.statistics import (PairedDifference, Rate, beyond_noise, compare_rates, mcnemar_p,
+                                               paired_difference, rate_with_se, standard_error)
 
 __all__ = ["ATTRIBUTE_NAMES", "Detection", "ImageScore", "JudgedImage", "ObjectMatch", "PairedDifference", "Rate",
-           "ShapesEvalResult", "as_image_batch", "clip_score", "cmmd", "compare_rates", "frechet_distance", "judge",
-           "judge_accuracy_on_real", "judge_images", "mcnemar_p", "paired_difference", "rate_with_se",
-           "score_image", "shapes_eval", "standard_error"]
+           "ShapesEvalResult", "as_image_batch", "beyond_noise", "clip_score", "cmmd", "compare_rates",
+           "frechet_distance", "judge", "judge_accuracy_on_real", "judge_images", "mcnemar_p", "paired_difference",
+           "rate_with_se", "score_image", "shapes_eval", "standard_error"]

@@ -99,6 +99,23 @@ def mcnemar_p(a_only: int, b_only: int) -> float:
     return float(min(Fraction(1), 2 * tail))
 
 
+def z_score(diff: float, se: float) -> float:
+    """``diff`` in units of its standard error ``se`` (0 with no difference; infinite when se is 0 and diff is not)."""
+    if diff == 0:
+        return 0.0
+    return math.copysign(math.inf, diff) if se == 0 else diff / se
+
+
+def beyond_noise(diff: float, se: float) -> bool:
+    """The course's rule, stated once: a difference is real when it is at least two of its standard errors.
+
+    ``se`` is the standard error of the difference itself: paired, when both sides were
+    measured on the same items. :meth:`PairedDifference.verdict` reads it, and so do the
+    notebooks' verdicts on differences of other statistics (a TV distance, a ratio).
+    """
+    return abs(z_score(diff, se)) >= 2
+
+
 @dataclass(frozen=True)
 class PairedDifference:
     """Two settings a and b scored on the same ``n`` items, compared item by item.
@@ -122,9 +139,7 @@ class PairedDifference:
     @property
     def z(self) -> float:
         """The difference in paired standard errors (0 with no difference; infinite when se is 0 and diff is not)."""
-        if self.diff == 0:
-            return 0.0
-        return math.copysign(math.inf, self.diff) if self.se == 0 else self.diff / self.se
+        return z_score(self.diff, self.se)
 
     def verdict(self, name_a: str = "a", name_b: str = "b") -> str:
         """The course's rule: ``"within noise"`` below two paired standard errors, else ``"<name> ahead"``.
@@ -132,7 +147,7 @@ class PairedDifference:
         With se 0 (every item moved by the same amount) a non-zero difference is "ahead":
         there is no sampling noise to hide it; read ``p_value`` and ``n`` for how much that says.
         """
-        if abs(self.z) < 2:
+        if not beyond_noise(self.diff, self.se):
             return "within noise"
         return f"{name_a if self.diff > 0 else name_b} ahead"
 
@@ -168,5 +183,5 @@ def paired_difference(a: Sequence[float] | Any, b: Sequence[float] | Any) -> Pai
     return PairedDifference(float(a.mean()), float(b.mean()), float(d.mean()), se, int(d.size), **counts)
 
 
-__all__ = ["PairedDifference", "Rate", "compare_rates", "mcnemar_p", "paired_difference", "rate_with_se",
-           "standard_error"]
+__all__ = ["PairedDifference", "Rate", "beyond_noise", "compare_rates", "mcnemar_p", "paired_difference",
+           "rate_with_se", "standard_error", "z_score"]

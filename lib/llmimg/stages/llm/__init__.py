@@ -19,7 +19,8 @@ from llmimg.core.store import cache_key, cached
 from llmimg.stages import clip as clip_stage
 from llmimg.stages.llm.config import FORMAT, MAX_TRIES, RETRAIN, STAGE, TASKS, LLMConfig, default_config
 from llmimg.stages.llm.metrics import (HEADLINE, OPEN_ATTRIBUTES, caption_scores, evaluate, open_attributes,
-                                       total_variation, tv_difference, upsampling_scores)
+                                       planner_open_attributes, planner_tv, total_variation, tv_difference,
+                                       upsampling_scores)
 from llmimg.stages.llm.model import ClipCapLM, Context, PrefixMapper, greedy_decode, positions, task_ids, trim_padding
 from llmimg.stages.llm.text_encoder import GPT2TextEncoder, hidden_states
 from llmimg.stages.llm.train import LLMBank, train
@@ -56,5 +57,6 @@ def get(profile: str | Profile | None = None, *, config: LLMConfig | None = None
 __all__ = ["ClipCapLM", "Config", "Context", "FORMAT", "GPT2TextEncoder", "HEADLINE", "LLMBank", "LLMConfig",
            "MAX_TRIES", "OPEN_ATTRIBUTES", "PrefixMapper", "RETRAIN", "STAGE", "ShapesLLM", "TASKS", "Written", "build",
            "caption_scores", "default_config", "evaluate", "get", "gpt2_config", "greedy_decode", "hidden_states",
-           "in_reading_order", "key", "mapper_config", "open_attributes", "positions", "prompt_seeds", "task_ids",
+           "in_reading_order", "key", "mapper_config", "open_attributes", "planner_open_attributes", "planner_tv",
+           "positions", "prompt_seeds", "task_ids",
            "total_variation", "train", "trim_padding", "tv_difference", "upsampling_scores"]

@@ -153,6 +153,50 @@ def tv_difference(prompts: list[str], outputs_a: list[str], outputs_b: list[str]
     return {"tv_a": float(tv_a[0]), "tv_b": float(tv_b[0]), "diff": float(diff[0]), "se": _spread(diff[1:])}
 
 
+def planner_open_attributes(prompt: str, layout: str | Any) -> list[tuple[str, str]]:
+    """(attribute, value) of every attribute a GenEval-world ``layout`` fills in that ``prompt`` leaves open.
+
+    ``layout``: a description or a :class:`~llmimg.core.data.Scene`. Its objects are read in the
+    prompt's order (:func:`~llmimg.core.data.geneval.in_prompt_order`); a cell counts as open
+    wherever the prompt states none, relations included (the oracle draws it among the cells
+    they allow). A layout that does not follow the prompt gives nothing.
+    """
+    from llmimg.core.data.geneval import in_prompt_order, parse_geneval_prompt
+
+    try:
+        p = parse_geneval_prompt(prompt)
+        objects = in_prompt_order(p, parse_description(layout) if isinstance(layout, str) else layout)
+    except ParseError:
+        return []
+    groups = [p.groups[g] for g in p.slots]
+    return [(a, getattr(o, a)) for g, o in zip(groups, objects) for a in OPEN_ATTRIBUTES if getattr(g, a) is None]
+
+
+def planner_tv(prompts: list[str], outputs: list[str], seed: int = 0) -> dict[str, float]:
+    """How far the planner's layouts for ``prompts`` are from the oracle planner's, in their open attributes.
+
+    Per open attribute (colour, size, cell) the TV distance between the values the
+    planner's faithful ``outputs`` fill in and those of the oracle
+    (:func:`~llmimg.core.data.geneval.plan_layout`) on the same prompts, averaged over the
+    attributes: ``open_attribute_tv``. ``floor`` is the distance between two oracle runs,
+    what sampling alone gives; ``diff`` is the planner's distance minus the floor. The
+    three standard errors (``*_se``) come from one bootstrap over the prompts, so ``diff``'s
+    is paired.
+    """
+    from llmimg.core.data.geneval import plan_layout
+
+    if len(outputs) != len(prompts):
+        raise ValueError(f"one description per prompt: {len(prompts)} prompts, {len(outputs)} descriptions")
+    rng = seeding.numpy_rng(seed, "eval")
+    model = [Counter(planner_open_attributes(p, t)) for p, t in zip(prompts, outputs)]
+    oracle, oracle2 = ([Counter(planner_open_attributes(p, plan_layout(p, rng))) for p in prompts] for _ in range(2))
+    weights = _weights(len(prompts), seed)
+    tv, floor = (_mean_tv(_tv_by_attribute(rows, oracle, weights)) for rows in (model, oracle2))
+    return {"open_attribute_tv": float(tv[0]), "open_attribute_tv_se": _spread(tv[1:]), "floor": float(floor[0]),
+            "floor_se": _spread(floor[1:]), "diff": float(tv[0] - floor[0]), "diff_se": _spread(tv[1:] - floor[1:]),
+            "n": len(prompts)}
+
+
 def _mean(values: Any) -> float:
     """Mean of the numbers that are not NaN; NaN if there are none (no open attribute was ever filled in)."""
     finite = [v for v in values if not np.isnan(v)]
@@ -272,4 +316,4 @@ def evaluate(llm: ShapesLLM, n: int = 500, split: str = "val", seed: int = 0,
 
 
 __all__ = ["HEADLINE", "OPEN_ATTRIBUTES", "caption_scores", "evaluate", "evaluate_planner", "open_attributes",
-           "total_variation", "tv_difference", "upsampling_scores"]
+           "planner_open_attributes", "planner_tv", "total_variation", "tv_difference", "upsampling_scores"]
