@@ -82,6 +82,22 @@ def test_written_reference_keeps_each_numbers_se_and_n(tmp_path):
     assert all(r.ok for r in results.check(tmp_path, "default"))
 
 
+def test_writing_the_reference_replaces_only_the_notebooks_run(tmp_path, monkeypatch):
+    for notebook, prefix in (("03_clip", "clip."), ("07_joint_training", "joint.")):
+        monkeypatch.setenv("LLMIMG_NOTEBOOK", notebook)
+        results.record({"rate": 0.5, "old": 0.4}, prefix=prefix, n=100, profile="default", root=tmp_path)
+    results.write_reference(tmp_path, "default")
+    results.results_path(tmp_path).unlink()  # a later run of notebook 03 alone, whose "old" number is gone
+    monkeypatch.setenv("LLMIMG_NOTEBOOK", "03_clip")
+    results.record({"rate": 0.6}, prefix="clip.", n=100, profile="default", root=tmp_path)
+    written = results.write_reference(tmp_path, "default")
+    assert {n["name"]: n["value"] for n in written["numbers"]} == {"clip.rate": 0.6, "joint.old": 0.4,
+                                                                    "joint.rate": 0.5}
+    results.reference_path(tmp_path, "default").write_text("{damaged")
+    with pytest.raises(ValueError, match="is damaged.*git checkout.*or delete it"):
+        results.write_reference(tmp_path, "default")
+
+
 def test_a_number_the_run_did_not_record_fails_the_check(tmp_path):
     _fake_run(tmp_path)
     results.results_path(tmp_path).write_text(json.dumps({"default": {}}))

@@ -185,14 +185,25 @@ def write_reference(root: Path, profile: str | Profile | None = None,
     Each number whose spread is measured (:func:`tolerance`) becomes a reference, with
     the evaluation's standard error ``"se"`` and its number of trials ``"n"`` where the
     run recorded them, so that the sampling error stands beside the tolerance; the
-    others are listed under ``"unchecked"`` so that nothing is dropped silently.
+    others are listed under ``"unchecked"`` so that nothing is dropped silently. The
+    references of notebooks that recorded nothing in this checkout's runs (``--only``
+    ran others) are kept as they were: writing the reference replaces what was run, no more.
     """
     profile = get_profile(profile)
     results = load_results(root, profile)
     if not results:
         raise FileNotFoundError(f"no numbers recorded for profile {profile.name!r} in build/results.json: "
                                 f"run `llmimg reproduce --profile {profile.name}` first")
-    numbers, unchecked = [], []
+    ran = {entry.get("notebook", "") for entry in results.values()}
+    path = reference_path(root, profile)
+    try:
+        before = load_reference(root, profile) if path.is_file() else {}
+    except ValueError:
+        raise ValueError(f"data/reference/{path.name} is damaged, and writing the reference keeps what it holds for "
+                         f"the notebooks not run: restore it with `git checkout -- data/reference/{path.name}`, or "
+                         f"delete it to write the reference from this run alone") from None
+    numbers = [n for n in before.get("numbers", []) if n.get("notebook", "") not in ran]
+    unchecked = [name for name in before.get("unchecked", []) if name not in results]
     for name, entry in sorted(results.items()):
         tol = tolerance(entry, (seed_spread or {}).get(name))
         if tol is None:
@@ -205,6 +216,7 @@ def write_reference(root: Path, profile: str | Profile | None = None,
             number["n"] = int(entry["n"])
         number["notebook"] = entry.get("notebook", "")
         numbers.append(number)
+    numbers.sort(key=lambda n: n["name"])
     reference = {
         "profile": profile.name,
         "tolerance": f"{SIGMAS:g} standard deviations of the difference of two runs: the larger of the "
@@ -213,7 +225,6 @@ def write_reference(root: Path, profile: str | Profile | None = None,
         "numbers": numbers,
         "unchecked": unchecked,
     }
-    path = reference_path(root, profile)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "w") as f:
         json.dump(reference, f, indent=1)

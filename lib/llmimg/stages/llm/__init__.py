@@ -58,5 +58,5 @@ __all__ = ["ClipCapLM", "Config", "Context", "FORMAT", "GPT2TextEncoder", "HEADL
            "MAX_TRIES", "OPEN_ATTRIBUTES", "PrefixMapper", "RETRAIN", "STAGE", "ShapesLLM", "TASKS", "Written", "build",
            "caption_scores", "default_config", "evaluate", "get", "gpt2_config", "greedy_decode", "hidden_states",
            "in_reading_order", "key", "mapper_config", "open_attributes", "planner_open_attributes", "planner_tv",
-           "positions", "prompt_seeds", "task_ids",
-           "total_variation", "train", "trim_padding", "tv_difference", "upsampling_scores"]
+           "positions", "prompt_seeds", "task_ids", "total_variation", "train", "trim_padding", "tv_difference",
+           "upsampling_scores"]
