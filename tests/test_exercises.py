@@ -12,6 +12,7 @@ from llmimg.course.exercises import (
     check_full_prompt_probability,
     check_open_attributes,
     check_pipeline_order,
+    check_relation_placements,
     check_single_object_scene_count,
     check_text_intermediate,
 )
@@ -46,6 +47,13 @@ def test_shapes_world_checks():
     heldout = set(HELDOUT_PAIRS)
     count = sum((c, s) not in heldout for s in SHAPES for c in COLOUR_NAMES for _ in SIZES for _ in POSITIONS)
     _right_wrong_missing(check_single_object_scene_count, count, count + 6)
+    # "left of" counted from the angle itself: within 60 degrees of pointing left (9 of the 72 pairs are two columns
+    # apart, 14 are one column apart and at most one row).
+    grid = [(r, c) for r in range(3) for c in range(3)]
+    left = sum(np.degrees(np.arctan2(ra - rb, cb - ca)) ** 2 < 60**2 - 1e-9
+               for ra, ca in grid for rb, cb in grid if (ra, ca) != (rb, cb))
+    assert left == 23
+    _right_wrong_missing(check_relation_placements, left, 24)
     prompt = "a red circle and a square in the top left"
     _right_wrong_missing(lambda a: check_open_attributes(prompt, a), 4, 3)
     _right_wrong_missing(check_full_prompt_probability, 0.125, 0.5)

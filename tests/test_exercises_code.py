@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from llmimg.core.data import parse_prompt
 from llmimg.course.exercises import (check_add_noise, check_contrastive_loss, check_ddim_step, check_describe_object,
-                              check_lm_loss, check_left_open, check_run_pipeline)
+                              check_left_of, check_left_open, check_lm_loss, check_run_pipeline)
 from llmimg.course.exercises.feedback import NO_ANSWER
 
 
@@ -18,7 +18,7 @@ def unanswered(*args):
 
 
 CHECKS = [check_add_noise, check_describe_object, check_contrastive_loss, check_lm_loss, check_ddim_step,
-          check_run_pipeline, check_left_open]
+          check_run_pipeline, check_left_open, check_left_of]
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
@@ -42,6 +42,14 @@ def test_open_attributes():
     assert "names 2 object(s)" in check_left_open(lambda p: open_attributes(p)[:1]).message
     assert "one set per object" in check_left_open(lambda p: 3).message
     assert not check_left_open(lambda p: [{"colour"} for _ in parse_prompt(p)]).ok
+
+
+def test_left_of():
+    assert check_left_of(lambda a, b: b[1] > a[1] and 3 * (b[1] - a[1]) ** 2 > (b[0] - a[0]) ** 2).ok
+    assert check_left_of(lambda a, b: bool(np.hypot(*np.subtract(a, b)) * 0.5 < b[1] - a[1])).ok
+    assert "is not within 60°" in check_left_of(lambda a, b: a[1] < b[1]).message  # a knight's move too
+    assert "points left" in check_left_of(lambda a, b: a[0] == b[0] and a[1] < b[1]).message  # diagonals missed
+    assert "True or False" in check_left_of(lambda a, b: "yes").message
 
 
 def test_add_noise():

@@ -213,8 +213,35 @@ def _report(args: argparse.Namespace, record: dict, path: Path, lines: Iterable[
 def experiment_command(args: argparse.Namespace) -> int:
     """``llmimg experiment NAME``: run the named experiment (the parser admits only known names) and report it."""
     handlers = {"reranking": _reranking, "geneval-recipes": _geneval_recipes, "clip-binding": _clip_binding,
-                "transfer": _transfer, "seed-spread": _seed_spread, "generator-recipes": _generator_recipes}
+                "transfer": _transfer, "seed-spread": _seed_spread, "generator-recipes": _generator_recipes,
+                "decoding": _decoding}
     return handlers[args.name](args)
+
+
+def _decoding(args: argparse.Namespace) -> int:
+    from llmimg.research import decoding
+
+    record = decoding.run(args.profile, progress=not args.no_progress)
+    batch, single, forced = record["batch"], record["single"], record["forced"]
+    lines = [f"forced tokens: {forced['forced']} of {forced['tokens']} ({forced['fraction']:.3f}) in "
+             f"{forced['n_descriptions']} val descriptions"]
+    for mode, row in record["follows"].items():
+        lines.append(f"{mode:>12}: follows the prompt {row['follows_prompt']:.3f} ± {row['follows_prompt_se']:.3f} "
+                     f"(n = {row['n']}); batch of {batch['size']}: {batch[mode]['ms_median']:.1f} ms "
+                     f"({batch[mode]['ms_min']:.1f}-{batch[mode]['ms_max']:.1f}), {batch[mode]['passes']} passes; "
+                     f"one prompt: {single['median_ms'][mode]:.1f} ms")
+    tv = record["tv"]
+    lines.append(f"open attributes, TV to the oracle: constrained {tv['tv_a']:.3f}, checker {tv['tv_b']:.3f}, "
+                 f"difference {tv['diff']:+.3f} ± {tv['se']:.3f} ({tv['verdict']})")
+    planner = record["planner"]
+    for mode in ("checker", "jump_forward"):
+        row, timed = planner[mode], planner["batch"][mode]
+        tv_row = row["open_attribute_tv"]
+        lines.append(f"planner, {mode}: follows the prompt {row['follows_prompt']:.3f} ± "
+                     f"{row['follows_prompt_se']:.3f} (n = {row['n']}), open-attribute TV "
+                     f"{tv_row['open_attribute_tv']:.3f} ± {tv_row['open_attribute_tv_se']:.3f}; "
+                     f"batch of {planner['batch']['size']}: {timed['ms_median']:.1f} ms, {timed['passes']} passes")
+    return _report(args, record, decoding.results_path(args.profile), lines, f"{record['minutes']} min")
 
 
 def _seed_spread(args: argparse.Namespace) -> int:

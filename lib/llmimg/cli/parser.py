@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "reranking: the pretrained pipeline's re-ranking modes judged by ShapesEval "
                                      "(data/experiments/reranking-<profile>.json; notebook 09 shows it).")
     experiment.add_argument("name", choices=("generator-recipes", "geneval-recipes", "clip-binding", "transfer",
-                                             "seed-spread", "reranking"),
+                                             "seed-spread", "reranking", "decoding"),
                             help="generator-recipes: the generator recipe search; clip-binding: the GenEval-shaped "
                                  "world's CLIP with and without hard negatives at --seeds "
                                  "(data/experiments/clip-binding-<profile>.json; notebook 03 shows it); "
@@ -250,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "at --seeds and evaluated (recorded in data/experiments/seed-spread-<profile>"
                                  ".json; the reference tolerances use it); reranking: no re-ranking, the text's "
                                  "and the image's CLIP similarity to the prompt, and the prompt alone, on the same "
-                                 "prompts and noise")
+                                 "prompts and noise; decoding: the LLM writing with its checker, constrained one "
+                                 "token a pass, and constrained with jump-forward, timed side by side "
+                                 "(data/experiments/decoding-<profile>.json)")
     _add_profile(experiment, "model size and training length")
     experiment.add_argument("--only", nargs="+", metavar="RECIPE", help="run only these recipes (quote names "
                             "with spaces; default: all)")

@@ -287,7 +287,7 @@ class ShapesPipeline(DiffusionPipeline):
     def __call__(self, prompt: str | list[str], num_inference_steps: int = DEFAULT_STEPS,
                  guidance_scale: float | None = None, generator: torch.Generator | list[torch.Generator] | None = None,
                  upsample: bool = True, output_type: str = "pil", return_dict: bool = True,
-                 do_sample: bool = True, temperature: float = 1.0,
+                 do_sample: bool = True, temperature: float = 1.0, constrained: bool = False,
                  callback_on_step_end: Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]] | None = None,
                  guidance_end: float = 1.0) -> PipelineOutput | tuple:
         """Draw one image per prompt.
@@ -296,7 +296,10 @@ class ShapesPipeline(DiffusionPipeline):
         with ``temperature`` and redrawn when it contradicts the prompt, or greedy with
         ``do_sample=False``; see :meth:`llmimg.stages.llm.ShapesLLM.upsample_from`) and draws
         that; the output's ``faithful`` says, per prompt, whether a draw kept everything
-        the prompt states (when none did, the last is drawn). ``upsample=False`` draws
+        the prompt states (when none did, the last is drawn). ``constrained=True`` has the
+        LLM write through the grammar's automaton instead, which allows only descriptions
+        that follow the prompt and reads forced tokens in one pass (see
+        :mod:`llmimg.stages.llm.constrained`). ``upsample=False`` draws
         the prompt itself. ``guidance_scale`` (None: the
         generator's trained default) turns on classifier-free guidance above 1, on the
         first ``guidance_end`` share of the steps (1: all of them).
@@ -328,9 +331,9 @@ class ShapesPipeline(DiffusionPipeline):
             # 4. Write: the LLM's description of each prompt, checked against it.
             with timer.stage("llm_generate"):
                 longest = writer.tokenizer.model_max_length - 2  # the words of a description, without <bos>, <eos>
+                options = {"constrained": True} if constrained else {"max_new_tokens": longest}
                 written = writer.upsample_from(z, prompts, seeds=llm_seeds, do_sample=do_sample,
-                                               temperature=temperature, max_new_tokens=longest,
-                                               details=True)
+                                               temperature=temperature, details=True, **options)
             # An empty output would mean "no condition" to the generator: keep the prompt instead.
             descriptions = [d or p for d, p in zip(written.descriptions, prompts)]
             faithful = written.faithful

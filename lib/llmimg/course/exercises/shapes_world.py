@@ -7,12 +7,13 @@ from typing import Any
 import numpy as np
 
 from llmimg.core.data.captions import ParseError, describe, parse_description, parse_prompt
+from llmimg.core.data.geneval import cell_of, placements, relation_holds
 from llmimg.core.data.shapes_world import ShapesWorld
 from llmimg.core.data.world import COLOUR_NAMES, HELDOUT_PAIRS, POSITIONS, SHAPES, SIZES, Scene, ShapeObject
 from llmimg.course.exercises.feedback import NO_ANSWER, Feedback, check_function, check_number, is_unanswered
 
 __all__ = ["check_describe_object", "check_single_object_scene_count", "check_open_attributes",
-           "check_full_prompt_probability", "check_description_of"]
+           "check_full_prompt_probability", "check_description_of", "check_relation_placements", "check_left_of"]
 
 
 def check_single_object_scene_count(answer: Any) -> Feedback:
@@ -73,3 +74,30 @@ def check_describe_object(answer: Any, n_cases: int = 12, seed: int = 0) -> Feed
         return f"`describe_object{args}` gave {result!r}, expected {expected!r}"
 
     return check_function(answer, "describe_object", cases, problem)
+
+
+def check_relation_placements(answer: Any, prompt: str = "a circle to the left of a square") -> Feedback:
+    """In how many ways (circle's cell, square's cell) can ``prompt``'s relation hold on the 3×3 grid?"""
+    return check_number(answer, len(placements(prompt)), rtol=0, atol=0.5, what="the number of placements",
+                        hint="count column offsets of one and of two separately; a knight's move (one column, "
+                             "two rows) is outside the 60° cone")
+
+
+def check_left_of(answer: Any) -> Feedback:
+    """Does the learner's ``left_of(a, b)`` (cells as (row, column)) follow GenEval's 60° rule on every pair?"""
+    cells = [cell_of(p) for p in POSITIONS]
+    cases = [((a, b), relation_holds("left of", POSITIONS[cells.index(a)], POSITIONS[cells.index(b)]))
+             for a in cells for b in cells if a != b]
+
+    def problem(result: Any, expected: bool, args: tuple) -> str | None:
+        if not isinstance(result, (bool, np.bool_)):
+            return f"`left_of` should return True or False, got {type(result).__name__}"
+        if bool(result) == expected:
+            return None
+        (ra, ca), (rb, cb) = args
+        offset = f"(rows {ra - rb:+d}, columns {ca - cb:+d})"
+        if expected:
+            return f"`left_of{args}` gave False, but the offset {offset} points left within 60° of the horizontal"
+        return f"`left_of{args}` gave True, but the offset {offset} is not within 60° of pointing left"
+
+    return check_function(answer, "left_of", cases, problem)

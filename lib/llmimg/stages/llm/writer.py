@@ -45,6 +45,7 @@ from llmimg.core.text import (BOS_ID, EOS_ID, PAD_ID, UngrammaticalPromptError, 
                               normalise_prompt, world_context_length, world_of)
 from llmimg.stages.clip import ShapesCLIP
 from llmimg.stages.llm.config import FORMAT, MAX_TRIES, RETRAIN, STAGE, TASKS, LLMConfig
+from llmimg.stages.llm.constrained import Decoded, DescriptionAutomaton, constrained_decode
 from llmimg.stages.llm.model import ClipCapLM, Context, PrefixMapper, task_ids, trim_padding
 
 FILES = ["config.json", "model.safetensors", "tokenizer.json", "prefix_mapper/config.json"]
@@ -198,7 +199,7 @@ class ShapesLLM:
 
     def upsample_from(self, z: torch.Tensor, prompts: list[str], *, seeds: Sequence[int] | None = None,
                       max_tries: int = MAX_TRIES, return_draws: bool = False, details: bool = False,
-                      **kwargs: Any) -> list[str] | tuple[list[str], list[int]] | Written:
+                      constrained: bool = False, **kwargs: Any) -> list[str] | tuple[list[str], list[int]] | Written:
         """Descriptions of ``prompts`` (in the grammar, as :meth:`upsample` makes them) whose CLIP embeddings are ``z``.
 
         **Rejection sampling.** The model samples a description ``d ~ q(d | prompt)``; if
@@ -215,6 +216,13 @@ class ShapesLLM:
         A prompt outside the grammar could never be judged faithful, so it is refused
         (:class:`~llmimg.core.text.UngrammaticalPromptError`) before anything is drawn.
 
+        **Constrained decoding** (``constrained=True``): instead of drawing
+        again, the model writes through the grammar's automaton, which allows only
+        descriptions that follow the prompt, and reads each run of forced tokens in one
+        pass (:mod:`~llmimg.stages.llm.constrained`). One draw each; ``do_sample`` and
+        ``temperature`` apply, ``top_k`` and beams do not. What it samples is the model's
+        distribution masked word by word, not the rejection sampler's renormalised one.
+
         The model names the objects in the prompt's order (``config.prompt_order``); each
         description that parses is then rewritten in reading order, the order the
         generator was trained on (:func:`~llmimg.core.data.reading_order`).
@@ -230,9 +238,13 @@ class ShapesLLM:
                                                "pass it through llm.upsample or normalise_prompt first") from None
         seeds = prompt_seeds(None, len(prompts)) if seeds is None else list(seeds)
         context = self.context(prompts=prompts)
-        out = self.generate(z, "upsample", context=context, seeds=seeds, **kwargs)
+        if constrained:
+            out = self.write_constrained(z, prompts, context=context, seeds=seeds, **kwargs).descriptions
+            tries = 1
+        else:
+            out = self.generate(z, "upsample", context=context, seeds=seeds, **kwargs)
+            tries = max_tries if kwargs.get("do_sample", True) else 1
         draws = [1] * len(out)
-        tries = max_tries if kwargs.get("do_sample", True) else 1
         for attempt in range(1, tries):
             redo = [i for i, (p, d) in enumerate(zip(prompts, out)) if not prompt_followed(world, p, d)]
             if not redo:
@@ -246,6 +258,24 @@ class ShapesLLM:
         if details:
             return Written(out, draws, kept)
         return (out, draws) if return_draws else out
+
+    def write_constrained(self, z: torch.Tensor, prompts: list[str], *, context: Context | None = None,
+                          seeds: Sequence[int] | None = None, do_sample: bool = True, temperature: float = 1.0,
+                          jump_forward: bool = True) -> Decoded:
+        """Descriptions of ``prompts`` written through the grammar's automaton, and their cost (:meth:`upsample_from`).
+
+        Row k samples from the stream ``(seeds[k], "describe", 0)``; greedy with ``do_sample=False``.
+        """
+        if not self.config.prompt_order:
+            raise ValueError("constrained decoding follows the prompt's order, and this LLM writes in reading order")
+        seeds = prompt_seeds(None, len(prompts)) if seeds is None else list(seeds)
+        generators = [seeding.torch_generator(s, "describe", 0) for s in seeds] if do_sample else None
+        world = world_of(self.tokenizer)
+        return constrained_decode(self.lm, self.tokenizer, z.to(self.device), task_ids("upsample", len(z), self.device),
+                                  [DescriptionAutomaton(parse_world_prompt(world, p)) for p in prompts],
+                                  None if context is None else context.to(self.device),
+                                  do_sample=do_sample, temperature=temperature, generators=generators,
+                                  jump_forward=jump_forward)
 
     def caption(self, images: torch.Tensor | np.ndarray, **kwargs: Any) -> list[str]:
         """Descriptions of images (uint8 (B, H, W, 3) or [0, 1] float (B, 3, H, W)); greedy by default."""
