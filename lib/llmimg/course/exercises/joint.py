@@ -8,12 +8,27 @@ from llmimg.course.exercises.feedback import NO_ANSWER, Feedback, as_number, che
 
 __all__ = ["check_joint_loss", "check_reinforce_loss", "check_regime_difference"]
 
+NO_GRADIENT = ("{name} returns a value no gradient flows through ({why}): keep it a tensor built from the "
+               "inputs (no float(), .item() or .detach()), or the optimiser would train nothing")
+
+
+def _gradients(loss: Any, inputs: list[Any]) -> list[Any] | None:
+    """d loss / d inputs (zeros where it does not depend on one), or None if no gradient flows through ``loss``."""
+    import torch
+
+    if not (torch.is_tensor(loss) and loss.requires_grad):
+        return None
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+
 
 def check_joint_loss(answer: Any, model: Any, batch: dict[str, Any]) -> Feedback:
-    """Does the learner's ``joint_loss(model, batch, lam)`` give L_diff + λ · L_LM of the batch?
+    """Does the learner's ``joint_loss(model, batch, lam)`` give L_diff + λ · L_LM of the batch, gradients included?
 
     ``model`` is a :class:`~llmimg.research.joint.JointModel` and ``batch`` one of its batches; the
-    model is put in eval mode (no dropout) so that every call gives the same numbers.
+    model is put in eval mode (no dropout) so that every call gives the same numbers. Past the
+    value, the loss's gradient on a weight of the UNet and one of the LLM's prefix mapper must
+    be the right loss's: a value computed with ``float`` or under ``no_grad`` trains nothing.
     """
     import torch
 
@@ -32,6 +47,15 @@ def check_joint_loss(answer: Any, model: Any, batch: dict[str, Any]) -> Feedback
             return f"joint_loss should return a number (a scalar tensor), got {type(result).__name__}"
         close = lambda a, b: abs(a - b) <= 1e-4 * max(1.0, abs(b))  # noqa: E731
         if close(got, expected):
+            probes = [next(model.unet.parameters()), next(model.lm.mapper.parameters())]
+            right = model.denoising(batch)[0] + lam * model.lm(batch["z"], batch["task"], batch["input_ids"],
+                                                                batch["attention_mask"], batch.get("context"))
+            grads = _gradients(answer(model, batch, lam), probes)
+            if grads is None:
+                return NO_GRADIENT.format(name="joint_loss", why="a plain number, or a tensor cut from the graph")
+            if not all(torch.allclose(g, e, rtol=1e-4, atol=1e-7) for g, e in zip(grads, _gradients(right, probes))):
+                return ("the value is right but its gradient is not: a term was computed outside autograd (a float, "
+                        ".item() or .detach()), so that model would not learn from it")
             return None
         if close(got, diffusion) and lam:
             return "the LLM's term is missing: add λ times model.lm(...) of the batch's LLM rows"
@@ -45,11 +69,13 @@ def check_joint_loss(answer: Any, model: Any, batch: dict[str, Any]) -> Feedback
 
 
 def check_reinforce_loss(answer: Any) -> Feedback:
-    """Does the learner's ``reinforce_loss(rewards, nll)`` give mean((r - mean r) · nll)?
+    """Does the learner's ``reinforce_loss(rewards, nll)`` give mean((r - mean r) · nll), gradient included?
 
     ``rewards`` (B,) are the rewards of B sampled descriptions and ``nll`` (B,) their
     -log q; the loss's gradient is REINFORCE's estimate of -∇ E[r] with the batch mean as
-    baseline.
+    baseline: ∂L/∂nll = (r - r̄)/B, that is ∂L/∂log q = -(r - r̄)/B. The check takes that
+    gradient too, so an answer built on ``nll.detach()`` or ``float(...)``, which would train
+    nothing, does not pass.
     """
     import torch
 
@@ -65,6 +91,13 @@ def check_reinforce_loss(answer: Any) -> Feedback:
         if got is None:
             return f"reinforce_loss should return a number (a scalar tensor), got {type(result).__name__}"
         if abs(got - expected) <= 1e-5:
+            nll = n.clone().requires_grad_(True)
+            grads = _gradients(answer(r.clone(), nll), [nll])
+            if grads is None:
+                return NO_GRADIENT.format(name="reinforce_loss", why="nll was detached or turned into a number")
+            if not torch.allclose(grads[0], (r - r.mean()) / len(r), atol=1e-6):
+                return (f"the value is right but d loss / d nll is {grads[0].tolist()}, expected (r - r̄)/B = "
+                        f"{((r - r.mean()) / len(r)).tolist()}: part of the loss was cut from the graph")
             return None
         if abs(got - float((r * n).mean())) <= 1e-5:
             return "there is no baseline: subtract the batch's mean reward from each reward first"
