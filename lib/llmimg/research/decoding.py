@@ -35,7 +35,7 @@ from llmimg.core.evaluation.protocol import load_eval_set
 from llmimg.core.evaluation.statistics import beyond_noise
 from llmimg.pipelines.protocol import subset
 from llmimg.research.records import read_record, record_path, write_record
-from llmimg.speed.decoding import MODES, decoding_costs, forced_fraction, write
+from llmimg.speed.decoding import MODES, decoding_costs, forced_fraction, write_and_count
 from llmimg.stages import llm
 from llmimg.stages.llm.metrics import planner_tv, tv_difference
 
@@ -50,24 +50,23 @@ def run(profile: str | Profile | None = None, *, progress: bool = True, record: 
     world = ShapesWorld(seed=0)
     n = profile.pick(smoke=16, default=500, full=1000)
     batch, singles, repeats = profile.pick(smoke=(4, 2, 1), default=(32, 8, 5), full=(32, 8, 5))
-    prompts = [s.prompt for s in world.samples(n, "val")]
-    follows = decoding_costs(model, prompts, repeats=1)
+    samples = list(world.samples(n, "val"))
+    prompts = [s.prompt for s in samples]
+    runs = {mode: write_and_count(model, prompts, mode) for mode in MODES}
     one = [decoding_costs(model, [p], repeats=repeats) for p in prompts[:singles]]
     result = {
         "profile": profile.name,
         "what": "the LLM of today's world writing descriptions of val prompts three ways: sampling with the checker, "
                 "constrained decoding one pass per token (masked), and with jump-forward",
         "machine": describe_environment(profile),
-        "forced": forced_fraction(list(world.samples(n, "val"))),
-        "follows": {m: {k: v for k, v in follows[m].items() if k in ("follows_prompt", "follows_prompt_se", "n",
-                                                                      "passes")} for m in MODES},
+        "forced": forced_fraction(samples),
+        "follows": {m: {k: v for k, v in runs[m].items() if k != "descriptions"} for m in MODES},
         "batch": {"size": batch, "repeats": repeats, **decoding_costs(model, prompts[:batch], repeats=repeats)},
         "single": {"prompts": prompts[:singles], "repeats": repeats, "per_prompt": one,
                    "median_ms": {m: float(np.median([c[m]["ms_median"] for c in one])) for m in MODES},
                    "median_passes": {m: float(np.median([c[m]["passes"] for c in one])) for m in MODES}},
     }
-    checker, jump = (write(model, prompts, mode) for mode in ("checker", "jump_forward"))
-    tv = tv_difference(prompts, jump, checker)
+    tv = tv_difference(prompts, runs["jump_forward"]["descriptions"], runs["checker"]["descriptions"])
     verdict = ("not measured: a side wrote no description that follows its prompt" if not np.isfinite(tv["diff"])
                else "differs" if beyond_noise(tv["diff"], tv["se"]) else "within noise")
     result["tv"] = {**tv, "n": n, "verdict": verdict}
@@ -84,12 +83,11 @@ def _planner(profile: Profile, batch: int, repeats: int, progress: bool) -> dict
     prompts = [item.prompt for item in subset(load_eval_set("val"), profile.pick(smoke=2, default=None,
                                                                                      full=None)).items]
     modes = ("checker", "jump_forward")
-    out: dict[str, Any] = {"n": len(prompts), **decoding_costs(planner, prompts, repeats=1, modes=modes)}
+    out: dict[str, Any] = {"n": len(prompts)}
     for mode in modes:
-        row = out[mode]
-        for key in ("ms_median", "ms_min", "ms_max", "ms_per_pass"):
-            row.pop(key)
-        row["open_attribute_tv"] = planner_tv(prompts, write(planner, prompts, mode))
+        row = write_and_count(planner, prompts, mode)
+        row["open_attribute_tv"] = planner_tv(prompts, row.pop("descriptions"))
+        out[mode] = row
     out["batch"] = {"size": batch, "repeats": repeats,
                     **decoding_costs(planner, prompts[::max(1, len(prompts) // batch)][:batch], repeats=repeats,
                                      modes=modes)}

@@ -9,9 +9,9 @@ Three ways to write the descriptions of one batch of prompts, timed side by side
 * ``jump_forward``: constrained decoding that reads each run of forced tokens in the pass
   of the choice before it.
 
-:func:`decoding_costs` counts GPT-2's forward passes with a hook (so the three are
-counted the same way) and times the modes in interleaved trials, so that a slow moment
-of a shared machine falls on every mode alike.
+:func:`write_and_count` writes once and counts GPT-2's forward passes with a hook (so the
+three are counted the same way); :func:`decoding_costs` adds timing, in interleaved
+trials, so that a slow moment of a shared machine falls on every mode alike.
 """
 
 from __future__ import annotations
@@ -52,6 +52,22 @@ def write(llm: Any, prompts: list[str], mode: str, seed: int = 0) -> list[str]:
     return llm.upsample(prompts, seed=seed, constrained=True, jump_forward=mode == "jump_forward")
 
 
+def write_and_count(llm: Any, prompts: Sequence[str], mode: str, seed: int = 0) -> dict[str, Any]:
+    """One untimed run of ``mode``: the ``descriptions``, GPT-2's forward ``passes``, and the share of descriptions
+    that follow their prompts (``follows_prompt``, its standard error and ``n``), by the LLM's world's checker."""
+    prompts = list(prompts)
+    calls = [0]
+    hook = llm.lm.gpt2.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    try:
+        descriptions = write(llm, prompts, mode, seed)
+    finally:
+        hook.remove()
+    world = world_of(llm.tokenizer)
+    rate = float(np.mean([prompt_followed(world, p, d) for p, d in zip(prompts, descriptions)]))
+    return {"descriptions": descriptions, "passes": calls[0], "follows_prompt": rate,
+            "follows_prompt_se": standard_error(rate, len(prompts)), "n": len(prompts)}
+
+
 def decoding_costs(llm: Any, prompts: Sequence[str], *, repeats: int = 5, seed: int = 0,
                    modes: Sequence[str] = MODES) -> dict[str, dict[str, Any]]:
     """Per mode: milliseconds for the batch ``prompts`` (median, min, max over ``repeats`` interleaved trials),
@@ -65,24 +81,16 @@ def decoding_costs(llm: Any, prompts: Sequence[str], *, repeats: int = 5, seed: 
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     prompts = list(prompts)
-    calls = [0]
-    hook = llm.lm.gpt2.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-    try:
-        out: dict[str, dict[str, Any]] = {}
-        for mode in modes:  # one untimed call each: warm-up, and the passes and descriptions to report
-            calls[0] = 0
-            written = write(llm, prompts, mode, seed)
-            followed = [prompt_followed(world_of(llm.tokenizer), p, d) for p, d in zip(prompts, written)]
-            rate = float(np.mean(followed))
-            out[mode] = {"passes": calls[0], "follows_prompt": rate,
-                         "follows_prompt_se": standard_error(rate, len(prompts)), "n": len(prompts), "ms": []}
-        for _ in range(repeats):
-            for mode in modes:
-                start = time.perf_counter()
-                write(llm, prompts, mode, seed)
-                out[mode]["ms"].append(1000 * (time.perf_counter() - start))
-    finally:
-        hook.remove()
+    out: dict[str, dict[str, Any]] = {}
+    for mode in modes:  # one untimed run each: warm-up, and the passes and the share to report
+        row = write_and_count(llm, prompts, mode, seed)
+        del row["descriptions"]
+        out[mode] = {**row, "ms": []}
+    for _ in range(repeats):
+        for mode in modes:
+            start = time.perf_counter()
+            write(llm, prompts, mode, seed)
+            out[mode]["ms"].append(1000 * (time.perf_counter() - start))
     for row in out.values():
         ms = row.pop("ms")
         row.update(ms_median=float(np.median(ms)), ms_min=float(min(ms)), ms_max=float(max(ms)),
@@ -90,4 +98,4 @@ def decoding_costs(llm: Any, prompts: Sequence[str], *, repeats: int = 5, seed: 
     return out
 
 
-__all__ = ["MODES", "decoding_costs", "forced_fraction", "write"]
+__all__ = ["MODES", "decoding_costs", "forced_fraction", "write", "write_and_count"]

@@ -53,10 +53,14 @@ class PartialObject:
         return 1 + sum(x is not None for x in (self.colour, self.size, self.position))
 
 
+def article(word: str) -> str:
+    """The article before ``word``: "an" before a vowel ("an orange circle"), else "a"."""
+    return "an" if word[0] in "aeiou" else "a"
+
+
 def _phrase(obj: ShapeObject | PartialObject) -> str:
     words = [w for w in (obj.size, obj.colour, obj.shape) if w is not None]
-    article = "an" if words[0][0] in "aeiou" else "a"
-    text = f"{article} {' '.join(words)}"
+    text = f"{article(words[0])} {' '.join(words)}"
     return f"{text} in the {obj.position}" if obj.position is not None else text
 
 

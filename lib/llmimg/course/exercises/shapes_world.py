@@ -85,9 +85,8 @@ def check_relation_placements(answer: Any, prompt: str = "a circle to the left o
 
 def check_left_of(answer: Any) -> Feedback:
     """Does the learner's ``left_of(a, b)`` (cells as (row, column)) follow GenEval's 60° rule on every pair?"""
-    cells = [cell_of(p) for p in POSITIONS]
-    cases = [((a, b), relation_holds("left of", POSITIONS[cells.index(a)], POSITIONS[cells.index(b)]))
-             for a in cells for b in cells if a != b]
+    cases = [((cell_of(a), cell_of(b)), relation_holds("left of", a, b))
+             for a in POSITIONS for b in POSITIONS if a != b]
 
     def problem(result: Any, expected: bool, args: tuple) -> str | None:
         if not isinstance(result, (bool, np.bool_)):

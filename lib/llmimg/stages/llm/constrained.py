@@ -47,15 +47,12 @@ from typing import Any
 import torch
 
 from llmimg.core.data import COLOUR_NAMES, POSITIONS, SHAPES, SIZES, ParseError, PartialObject, parse_prompt
+from llmimg.core.data.captions import article
 from llmimg.core.data.geneval import PromptScene, placements
 from llmimg.core.text import EOS, PAD_ID
 from llmimg.stages.llm.model import positions
 
 Option = tuple[str, ...]  # one complete value of a slot, as words
-
-
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
 
 
 class DescriptionAutomaton:
@@ -74,7 +71,6 @@ class DescriptionAutomaton:
                 or not 1 <= max_objects <= len(POSITIONS):
             raise ValueError(f"max_objects must be a whole number from 1 to {len(POSITIONS)}, got {max_objects!r}")
         self.max_objects = max_objects
-        self.prompt = prompt
         self.objects: tuple[PartialObject, ...] | None = None
         self.placements: list[tuple[str, ...]] | None = None  # the cells each object may take, object by object
         if isinstance(prompt, PromptScene):  # the GenEval-shaped world: counts and relations
@@ -106,7 +102,7 @@ class DescriptionAutomaton:
             elif k:
                 yield (("and",),)
             given = prompt[k] if prompt is not None else None
-            yield tuple((_article(s), s) for s in ((given.size,) if given and given.size else SIZES))
+            yield tuple((article(s), s) for s in ((given.size,) if given and given.size else SIZES))
             yield ((given.colour,),) if given and given.colour else tuple((c,) for c in COLOUR_NAMES)
             yield ((given.shape,),) if given else tuple((s,) for s in SHAPES)
             yield (("in", "the"),)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from llmimg.core.data.captions import ParseError
+from llmimg.core.data.captions import ParseError, article
 from llmimg.core.data.world import COLOUR_NAMES, POSITIONS, SHAPES, SIZES, ShapeObject
 
 MAX_OBJECTS = 4  # a scene of this world holds 1 to 4 objects
@@ -131,7 +131,7 @@ def _group_text(group: Group) -> str:
         words = [w for w in (group.size, group.colour) if w is not None]
         return " ".join([NUMBER_WORDS[group.count], *words, PLURALS[group.shape]])
     words = [w for w in (group.size, group.colour, group.shape) if w is not None]
-    text = f"{'an' if words[0][0] in 'aeiou' else 'a'} {' '.join(words)}"
+    text = f"{article(words[0])} {' '.join(words)}"
     return f"{text} in the {group.position}" if group.position is not None else text
 
 
