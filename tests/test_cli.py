@@ -88,12 +88,23 @@ def test_bench_pipeline_json(smoke_pipeline, smoke_cache):
     techniques = data["techniques"]
     assert techniques["default"]["speedup"] == 1 and {"distilled_1", "deep_cache", "bf16"} <= set(techniques)
     assert "compile" not in techniques  # --no-compile
+    assert "constrained_llm" in techniques and data["timing_trials"] >= 1 and data["timing_noise"] >= 0
     for row in techniques.values():
         assert row["speedup"] > 0 and 0 <= row["all_correct"] <= 1 and row["all_correct_se"] >= 0
+        assert row["ms_min"] <= row["ms_per_image"] <= row["ms_max"] and row["n_paired"] == 2
+        assert isinstance(row["keeps_baseline_quality"], bool) and isinstance(row["keeps_baseline_quality_1se"], bool)
+        assert row["paired_se"] >= 0 and -1 <= row["paired_difference"] <= 1
     fastest = data["fastest_setting"]
     assert fastest["name"] in techniques and fastest["speedup_vs_baseline"] > 0 and fastest["images_per_s"] > 0
     assert isinstance(fastest["meets_baseline_quality"], bool) and fastest["baseline_all_correct_se"] > 0  # floored
+    assert 0 <= fastest["llm_share"] <= 1 and fastest["limit_images_per_s"] > 0
+    assert fastest["limit_images_per_s"] <= min(fastest["compute_bound_images_per_s"],
+                                                fastest["memory_bound_images_per_s"])
+    assert fastest["fraction_of_limit"] == pytest.approx(fastest["images_per_s"] / fastest["limit_images_per_s"],
+                                                         rel=0.01)
     assert all(isinstance(t["kept"], bool) for t in data["stack_trials"])
+    one = data["fastest_for_one"]
+    assert one["end_to_end_ms_batch_1"] == one["stage_latency_ms"]["total"] > 0
     assert data["kv_cache"]["same_tokens"] and data["kv_cache"]["positions_fed_without"] > data["kv_cache"][
         "positions_fed_with"]
     assert {(r["scheduler"], r["steps"]) for r in data["sampler_curve"]} >= {("unipc", 1), ("distilled", 1)}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from grading import assert_grades
 
-from llmimg.course.exercises import check_amdahl, check_conv_flops, check_llm_share, check_mfu
+from llmimg.course.exercises import check_amdahl, check_conv_flops, check_count_forced, check_llm_share, check_mfu
+from llmimg.stages.llm.constrained import DescriptionAutomaton
 
 
 @pytest.mark.parametrize("check, right, wrong", [
@@ -40,3 +41,19 @@ def test_conv_flops_grades_the_count_against_torchs_counter():
     window = check_conv_flops(lambda c_in, c_out, k, h, w: 2 * c_in * c_out * h * w)
     assert not window.ok and "k × k" in window.message
     assert not check_conv_flops(lambda *a: 1 / 0).ok  # an error in the learner's code is feedback
+
+
+def right_count_forced(prompt, description):
+    automaton, forced = DescriptionAutomaton(prompt), 0
+    for word in [*description.split(), "<eos>"]:
+        forced += len(automaton.allowed()) == 1
+        automaton.advance(word)
+    return forced
+
+
+def test_count_forced_grades_the_count_against_the_automaton():
+    assert right_count_forced("a red circle in the top left", "a large red circle in the top left") == 8  # by hand
+    assert_grades(check_count_forced, right_count_forced, lambda p, d: right_count_forced(p, d) + 1)
+    no_eos = check_count_forced(lambda p, d: right_count_forced(p, d) - 1)
+    assert not no_eos.ok and "<eos>" in no_eos.message
+    assert not check_count_forced(lambda p, d: (right_count_forced(p, d), 9)).ok

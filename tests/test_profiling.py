@@ -88,3 +88,33 @@ def test_roofline_points_place_every_stage(smoke_pipeline):
         assert p["batch_size"] == 2 and p["flops"] > 0 and p["bytes"] > 0 and p["ms"] > 0
         assert p["intensity"] == pytest.approx(p["flops"] / p["bytes"])
         assert p["gflop_per_s"] == pytest.approx(p["flops"] / (p["ms"] * 1e6))
+
+
+def test_activation_traffic_counts_what_each_leaf_layer_reads_and_writes(smoke_pipeline):
+    pipe = smoke_pipeline
+    conv_in = pipe.unet.conv_in
+    unet_bytes = sum(p.numel() * p.element_size() for m in pipe.unet.modules() if not isinstance(m, torch.nn.Embedding)
+                     for p in m.parameters(recurse=False))
+    seen = []
+    hook = conv_in.register_forward_hook(lambda m, a, o: seen.append(a[0].numel() * 4 + o.numel() * 4))
+
+    def call():
+        pipe("a red circle", num_inference_steps=1, upsample=False, generator=torch.Generator().manual_seed(0),
+             output_type="pt")
+    try:
+        weights = prof.weight_bytes_read(pipe, call)["denoise"]
+        both = prof.weight_bytes_read(pipe, call, activations=True)["denoise"]
+    finally:
+        hook.remove()
+    assert weights == unet_bytes and both > weights + seen[-1]  # conv_in's input and output, and every other layer's
+
+
+def test_the_throughput_limit_is_a_roofline_per_stage(smoke_pipeline):
+    out = prof.throughput_limit(smoke_pipeline, ["a red circle", "a blue square"], peak_gflops=10.0,
+                                bandwidth_gbs=5.0, num_inference_steps=2)
+    flops, moved = out["flops_per_image"], out["bytes_per_image"]
+    seconds = sum(max(flops[k] / 10e9, moved[k] / 5e9) for k in flops)
+    assert out["limit_images_per_s"] == pytest.approx(1 / seconds)
+    assert out["limit_images_per_s"] <= min(out["compute_images_per_s"], out["memory_images_per_s"])
+    assert out["compute_images_per_s"] == pytest.approx(10e9 / sum(flops.values()))
+    assert set(out["bound_by"].values()) <= {"compute", "memory"} and out["batch_size"] == 2

@@ -3,7 +3,7 @@ and leaves the pipeline as it found it."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import pytest
 import torch
@@ -112,45 +112,116 @@ def test_measure_reports_time_and_quality_with_its_standard_error(smoke_pipeline
         T.measure(smoke_pipeline, T.Technique("x", "x"), [])
 
 
-def test_equal_quality_allows_one_standard_error_of_the_difference():
+def test_the_one_standard_error_reading_is_still_reported_beside_the_paired_rule():
     ref = {"all_correct": 0.90, "all_correct_se": 0.03}
     assert T.equal_quality({"all_correct": 0.87, "all_correct_se": 0.03}, ref)  # 0.03 below, se of diff 0.042
     assert not T.equal_quality({"all_correct": 0.80, "all_correct_se": 0.03}, ref)
-
-
-def test_a_perfect_score_still_leaves_one_trial_of_doubt():
     perfect = {"all_correct": 1.0, "all_correct_se": 0.0, "n": 64}
-    assert T.quality_se(perfect) == pytest.approx((1 / 64 * 63 / 64 / 64) ** 0.5)
-    assert T.equal_quality({"all_correct": 63 / 64, "all_correct_se": 0.0155, "n": 64}, perfect)  # 1 below
-    assert not T.equal_quality({"all_correct": 62 / 64, "all_correct_se": 0.0217, "n": 64}, perfect)  # 2 below
-    assert T.equal_quality(perfect, perfect)
+    assert T.quality_se(perfect) == pytest.approx((1 / 64 * 63 / 64 / 64) ** 0.5)  # one trial's doubt
+    assert T.equal_quality({"all_correct": 63 / 64, "all_correct_se": 0.0155, "n": 64}, perfect)
 
 
-def fake_rows(ms_by_what):
-    """A stand-in for measure: each setting's time from ``ms_by_what`` (keyed by ``what``), all scoring 60/64."""
+def scored(correct, what="x"):
+    """A measure row with the per-image scores ``correct``."""
+    rate = sum(correct) / len(correct)
+    return {"name": what, "what": what, "correct": list(correct), "all_correct": rate, "n": len(correct),
+            "all_correct_se": (rate * (1 - rate) / len(correct)) ** 0.5}
+
+
+def fake_measure(correct_by_what):
+    """A stand-in for measure: the per-image scores of each setting from ``correct_by_what`` (keyed by ``what``)."""
     def fake(pipe, technique, prompts, **kw):
-        return {"name": technique.name, "what": technique.what, "ms_per_image": ms_by_what[technique.what],
-                "all_correct": 60 / 64, "all_correct_se": 0.03, "n": 64}
+        return scored(correct_by_what.get(technique.what, [1] * 60 + [0] * 4), technique.what) | {
+            "name": technique.name}
     return fake
 
 
-def test_the_stack_keeps_only_switches_that_make_it_faster(monkeypatch):
+def fake_trials(ms_by_what, wobble=(1.0, 1.02, 0.99, 1.01, 1.0)):
+    """A stand-in for time_trials: each setting's milliseconds from ``ms_by_what``, wobbling alike in every trial."""
+    def fake(pipe, techniques, prompts, trials=5, seed=0):
+        return {t.name: [ms_by_what[t.what] * w for w in wobble[:trials]] for t in techniques}
+    return fake
+
+
+def test_time_trials_interleaves_the_rounds_after_an_untimed_one(smoke_pipeline, prompts):
+    order = []
+
+    def counting(name):
+        @contextmanager
+        def switch(pipe):
+            order.append(name)
+            yield
+        return switch
+    techniques = [T.Technique("a", "a", {"num_inference_steps": 1}, counting("a")),
+                  T.Technique("b", "b", {"num_inference_steps": 1}, counting("b"))]
+    ms = T.time_trials(smoke_pipeline, techniques, prompts[:2], trials=2)
+    assert order == ["a", "b"] * 3  # one untimed round, then two timed ones, a and b alternating
+    assert set(ms) == {"a", "b"} and all(len(v) == 2 and min(v) > 0 for v in ms.values())
+    with pytest.raises(ValueError, match="at least 1"):
+        T.time_trials(smoke_pipeline, techniques, prompts, trials=0)
+
+
+def test_the_stack_keeps_a_switch_only_when_its_gain_exceeds_the_noise_of_the_exact_switches(monkeypatch):
     def switch(p):
         return nullcontext()
     techniques = [T.Technique("default", "default"), T.Technique("few", "few", {"num_inference_steps": 2}),
                   T.Technique("a", "a", switch=switch), T.Technique("b", "b", switch=switch),
-                  T.Technique("c", "c", switch=switch)]
-    # a and b help alone; together with few, a helps and b slows it down; c does not help at all.
-    ms = {"default": 40.0, "few": 10.0, "a": 30.0, "b": 20.0, "c": 39.5, "few + b": 12.0, "few + a": 8.0}
-    monkeypatch.setattr(T, "measure", fake_rows(ms))
-    reference = {"all_correct": 61 / 64, "all_correct_se": 0.027, "n": 64}
+                  T.Technique("c", "c", switch=switch, exact=True), T.Technique("w", "w", {"constrained": True})]
+    # a, b and w help alone; on top of few, a helps, b slows it down and w gains 4 %, less than the noise.
+    ms = {"default": 40.0, "few": 10.0, "a": 30.0, "b": 20.0, "c": 40.0, "w": 32.0, "few + w": 9.6,
+          "few + b": 12.0, "few + a": 8.0, "few + a + w": 7.7, "few + a + c": 8.0, "few + a + w + c": 7.7}
+    monkeypatch.setattr(T, "measure", fake_measure({}))
+    trials = fake_trials(ms)
+
+    def noisy_c(pipe, techniques, prompts, trials=5, seed=0):  # the exact switch c wanders by 10 % across trials
+        out = fake_trials(ms)(pipe, techniques, prompts, trials, seed)
+        if "c" in out:
+            out["c"] = [40.0, 44.0, 40.0, 40.0, 40.0]
+        return out
+    monkeypatch.setattr(T, "time_trials", noisy_c)
+    reference = scored([1] * 61 + [0] * 3, "baseline")
     out = T.compare(None, techniques, ["p"], reference)
-    assert [(r["what"], r["kept"]) for r in out["stack_trials"]] == [("few + b", False), ("few + a", True)]
+    assert 0.05 < out["noise"] < 0.1  # c ran at 0.93 to 1.01 times the default's speed
+    # Every stackable setting of the default's quality is tried, the fastest on the default first; c changes nothing.
+    assert [(r["what"], r["kept"]) for r in out["stack_trials"]] == [("few + b", False), ("few + a", True),
+                                                                      ("few + a + w", False), ("few + a + c", False)]
     assert out["fastest"]["name"] == "stack" and out["fastest"]["what"] == "few + a" and out["meets_reference"]
     assert out["fastest_technique"].call == {"num_inference_steps": 2}
-    perfect = {"all_correct": 1.0, "all_correct_se": 0.0, "n": 2000}  # nothing keeps it: held to the default's
-    out = T.compare(None, techniques, ["p"], perfect)
-    assert not out["meets_reference"] and out["fastest"]["what"] == "few + a"
+    assert out["fastest"]["ms_per_image"] == 8.0 and out["fastest"]["ms_min"] < out["fastest"]["ms_max"]
+    assert out["fastest"]["speedup"] == pytest.approx(40.0 / 8.0)  # against the default, not the stack before
+    monkeypatch.setattr(T, "time_trials", trials)  # without the noisy exact switch, the 4 % gain counts
+    out = T.compare(None, techniques, ["p"], reference)
+    assert out["noise"] < 0.04 and out["fastest"]["what"] == "few + a + w"
+    assert out["techniques"]["stack"].call == {"num_inference_steps": 2, "constrained": True}
+    assert all(r["keeps_target"] for r in out["stack_trials"])
+
+
+def test_the_fastest_for_one_user_is_timed_at_batch_1_among_the_settings_of_equal_quality(smoke_pipeline, prompts):
+    techniques = {"two": T.Technique("two", "two", {"num_inference_steps": 2}),
+                  "one": T.Technique("one", "one", {"num_inference_steps": 1}),
+                  "worse": T.Technique("worse", "worse", {"num_inference_steps": 1})}
+    rows = [{"name": n, "what": n, "all_correct": 0.5, "keeps_target": n != "worse"} for n in techniques]
+    out = T.fastest_for_one(smoke_pipeline, {"rows": rows, "stack_trials": [], "techniques": techniques},
+                            prompts[0], repeats=1)
+    assert sorted(r["name"] for r in out) == ["one", "two"]  # the one that lost quality is not a candidate
+    assert out[0]["end_to_end_ms"] <= out[1]["end_to_end_ms"]
+    assert out[0]["stage_latency_ms"]["total"] == out[0]["end_to_end_ms"]
+
+
+def test_quality_is_kept_by_the_paired_rule_and_a_setting_below_it_is_not_the_fastest(monkeypatch):
+    techniques = [T.Technique("default", "default"), T.Technique("few", "few", {"num_inference_steps": 2})]
+    reference = scored([1] * 64, "baseline")
+    # few loses 5 of the baseline's 64 images and gains none: 5/64 below, 4.4 paired standard errors.
+    monkeypatch.setattr(T, "measure", fake_measure({"default": [1] * 64, "few": [1] * 59 + [0] * 5}))
+    monkeypatch.setattr(T, "time_trials", fake_trials({"default": 40.0, "few": 10.0}))
+    out = T.compare(None, techniques, ["p"], reference)
+    few = out["rows"][1]
+    assert few["paired_difference"] == pytest.approx(-5 / 64) and not few["keeps_quality"]
+    assert out["fastest"]["name"] == "default" and out["meets_reference"]
+    # Nothing keeps a reference every setting falls short of: then held to the default's quality.
+    monkeypatch.setattr(T, "measure", fake_measure({"default": [0] * 10 + [1] * 54, "few": [0] * 10 + [1] * 54}))
+    out = T.compare(None, techniques, ["p"], reference)
+    assert not out["meets_reference"] and out["fastest"]["name"] == "few"
 
 
 def test_the_kv_cache_comparison_writes_the_same_tokens_and_really_recomputes_without(smoke_pipeline, prompts):

@@ -237,13 +237,20 @@ def _print_pipeline_bench(r: dict) -> None:
           f"{r['peak_matmul_gflops']:.1f} GFLOP/s; MFU: sampling step {r['mfu_sample']:.1%} "
           f"(batch {r['sample_step']['batch_size']}), training step {r['mfu_train']:.1%} "
           f"(batch {r['train_step']['batch_size']})")
-    print(f"  techniques on {r['technique_prompts']} prompts (speed-up vs the default, ShapesEval all-correct ± se):")
+    print(f"  techniques on {r['technique_prompts']} prompts (median speed-up vs the default over "
+          f"{r['timing_trials']} interleaved trials, timing noise {r['timing_noise']:.0%}; ShapesEval all-correct; "
+          f"paired difference from the baseline):")
     for name, t in r["techniques"].items():
-        print(f"    {name:<24} {t['speedup']:5.2f}x  {t['all_correct']:.3f} ± {t['all_correct_se']:.3f}  "
-              f"({t['what']})")
+        keeps = "keeps" if t["keeps_baseline_quality"] else "loses"
+        print(f"    {name:<28} {t['speedup']:5.2f}x  {t['all_correct']:.3f}  {100 * t['paired_difference']:+5.1f} "
+              f"± {100 * t['paired_se']:.1f} points ({keeps})  ({t['what']})")
     f = r["fastest_setting"]
     if not f["meets_baseline_quality"]:
         print("  no setting kept the baseline's quality, not even the default; below, the fastest at the default's")
     print(f"  fastest at equal quality: {f['name']} ({f['what']}): {f['speedup_vs_baseline']:.0f}x the baseline, "
           f"{f['end_to_end_ms_batch_1']:.1f} ms at batch 1, {f['images_per_s']:.1f} images/s at batch 32, "
-          f"all-correct {f['all_correct']:.3f} ± {f['all_correct_se']:.3f}")
+          f"all-correct {f['all_correct']:.3f} ± {f['all_correct_se']:.3f}; the LLM takes {f['llm_share']:.0%}; "
+          f"{f['fraction_of_limit']:.1%} of this machine's limit ({f['limit_images_per_s']:.0f} images/s)")
+    one = r["fastest_for_one"]
+    print(f"  fastest for one prompt at equal quality: {one['name']} ({one['what']}): "
+          f"{one['end_to_end_ms_batch_1']:.1f} ms")

@@ -39,12 +39,14 @@ def roofline(points: Sequence[dict[str, Any]], peak_gflops: float, bandwidth_gbs
 
 
 def speed_quality(rows: Sequence[dict[str, Any]], *, ax: Any = None, title: str = "speed against quality",
-                  label: Sequence[str] = ()) -> Any:
+                  label: Sequence[str] = (), limit_ms: float | None = None) -> Any:
     """Each setting's ms per image against its all-correct (± one standard error), the frontier joined.
 
     ``rows`` are :func:`llmimg.speed.techniques.compare` rows. The frontier is the settings no
     other setting beats on both speed and quality; its points are named, and so are the
     rows named in ``label`` (naming every point of a crowded plot would hide them all).
+    ``limit_ms``: the machine's ceiling for the fastest setting's work (milliseconds per
+    image, :func:`llmimg.speed.profiling.throughput_limit`), drawn as a vertical line.
     """
     import matplotlib.pyplot as plt
 
@@ -65,6 +67,9 @@ def speed_quality(rows: Sequence[dict[str, Any]], *, ax: Any = None, title: str 
                         textcoords="offset points")
     ax.plot([r["ms_per_image"] for r in frontier], [r["all_correct"] for r in frontier], "-", color="C3", lw=1,
             label="frontier: nothing is both faster and better")
+    if limit_ms is not None:
+        ax.axvline(limit_ms, color="k", ls="--", lw=1,
+                   label=f"this machine's limit for the fastest setting's work ({limit_ms:.2g} ms)")
     ax.set(xscale="log", xlabel="milliseconds per image (log)", ylabel="ShapesEval all-correct", title=title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="lower right")

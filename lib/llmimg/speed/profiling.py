@@ -23,14 +23,16 @@ noisy, so compare ratios measured in one run rather than numbers from different 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import os
 import resource
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -89,11 +91,26 @@ def top_operators(fn: Callable[[], Any], *, top: int = 10, trace: str | Path | N
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with profile(activities=activities) as prof:
+    with _native_stderr_silenced(), profile(activities=activities) as prof:
         fn()
     if trace is not None:
         prof.export_chrome_trace(str(trace))
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Keep what C++ code writes straight to file descriptor 2 out of the output (the profiler's Kineto layer
+    prints its start, stop and "no GPU found" notes there, which Jupyter would show as errors)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int = 5, device: torch.device | None = None) -> float:
@@ -206,34 +223,84 @@ def flops_by_stage(pipe: ShapesPipeline, prompts: Sequence[str], seed: int = 0, 
 COMPONENT_STAGES = {"clip": "clip", "llm": "llm", "prefix_mapper": "llm", "unet": "denoise"}
 
 
-def weight_bytes_read(pipe: ShapesPipeline, fn: Callable[[], Any]) -> dict[str, float]:
-    """Bytes of weights each stage reads during ``fn()``: every layer's own weights, once per call of that layer.
+def weight_bytes_read(pipe: ShapesPipeline, fn: Callable[[], Any], *, activations: bool = False) -> dict[str, float]:
+    """Bytes each stage moves during ``fn()``: every layer's own weights, once per call of that layer.
 
-    A lower bound on a stage's memory traffic (activations, and weights evicted from
-    cache and read again, come on top), so ``FLOPs / bytes`` is an upper bound on its
-    arithmetic intensity. Embedding tables are left out: a lookup reads a few rows,
-    not the table.
+    Weights alone are a lower bound on a stage's memory traffic (weights evicted from cache
+    and read again come on top), so ``FLOPs / bytes`` is an upper bound on its arithmetic
+    intensity. Embedding tables are left out: a lookup reads a few rows, not the table.
+    With ``activations``, every leaf layer also counts the tensors it reads and writes
+    (its inputs and outputs), an *estimate* of the full traffic from the layer shapes:
+    it misses the element-wise work between layers (residual additions, attention's
+    softmax inside SDPA), and counts as memory what a cache may hold.
     """
-    read = dict.fromkeys(("clip", "llm", "denoise"), 0.0)
+    moved = dict.fromkeys(("clip", "llm", "denoise"), 0.0)
+
+    def tensor_bytes(values: Any) -> int:
+        values = values if isinstance(values, (tuple, list)) else (values,)
+        return sum(v.numel() * v.element_size() for v in values if isinstance(v, torch.Tensor))
+
+    def count(stage: str, size: int, leaf: bool) -> Callable[..., None]:
+        def hook(_module: Any, inputs: Any, output: Any) -> None:
+            extra = tensor_bytes(inputs) + tensor_bytes(output) if activations and leaf else 0
+            moved[stage] += size + extra
+        return hook
+
     hooks, seen = [], set()
     for component, stage in COMPONENT_STAGES.items():
         model = pipe.components.get(component)
         if not isinstance(model, torch.nn.Module):
             continue
         for layer in model.modules():
-            if id(layer) in seen or isinstance(layer, torch.nn.Embedding):
+            if id(layer) in seen:
                 continue
             seen.add(id(layer))
-            size = sum(p.numel() * p.element_size() for p in layer.parameters(recurse=False))
-            if size:
-                hooks.append(layer.register_forward_hook(
-                    lambda _m, _a, _o, s=stage, b=size: read.__setitem__(s, read[s] + b)))
+            leaf = next(layer.children(), None) is None
+            size = 0 if isinstance(layer, torch.nn.Embedding) else sum(
+                p.numel() * p.element_size() for p in layer.parameters(recurse=False))
+            if size or (activations and leaf):
+                hooks.append(layer.register_forward_hook(count(stage, size, leaf)))
     try:
         fn()
     finally:
         for hook in hooks:
             hook.remove()
-    return read
+    return moved
+
+
+def _by_stage(by_module: dict[str, int]) -> dict[str, float]:
+    """:func:`count_flops`'s counts by top-level module, summed into the model stages ``clip``, ``llm``, ``denoise``."""
+    flops = dict.fromkeys(("clip", "llm", "denoise"), 0.0)
+    for name, n in by_module.items():
+        if MODEL_STAGES.get(name) in flops:
+            flops[MODEL_STAGES[name]] += n
+    return flops
+
+
+def throughput_limit(pipe: ShapesPipeline, prompts: Sequence[str], peak_gflops: float, bandwidth_gbs: float, *,
+                     seed: int = 0, **call: Any) -> dict[str, Any]:
+    """The most images per second this machine could draw with the work of one call on ``prompts``.
+
+    Each model stage needs at least ``max(F / peak, B / bandwidth)`` seconds per image (a
+    roofline per stage: ``F`` its FLOPs, :func:`count_flops`; ``B`` its memory traffic with
+    activations, :func:`weight_bytes_read`, an estimate from the layer shapes); the stages
+    run one after another, so the limit is one over the sum. ``compute_images_per_s`` and
+    ``memory_images_per_s`` are the two bounds taken alone, over all stages.
+    """
+    def run() -> None:
+        pipe(list(prompts), generator=noise_generators(seed, len(prompts)), output_type="pt", **call)
+
+    n = len(prompts)
+    _, by_module = count_flops(run)
+    flops = {k: v / n for k, v in _by_stage(by_module).items()}
+    moved = {k: v / n for k, v in weight_bytes_read(pipe, run, activations=True).items()}
+    peak, bandwidth = 1e9 * peak_gflops, 1e9 * bandwidth_gbs
+    seconds = {k: max(flops[k] / peak, moved[k] / bandwidth) for k in flops}
+    return {"batch_size": n, "flops_per_image": flops, "bytes_per_image": moved,
+            "bound_by": {k: "compute" if flops[k] / peak >= moved[k] / bandwidth else "memory" for k in flops},
+            "compute_images_per_s": peak / sum(flops.values()),
+            "memory_images_per_s": bandwidth / sum(moved.values()),
+            "limit_images_per_s": 1 / sum(seconds.values())}
 
 
 def roofline_points(pipe: ShapesPipeline, prompts: Sequence[str], *, repeats: int = 3, seed: int = 0,
@@ -249,10 +316,7 @@ def roofline_points(pipe: ShapesPipeline, prompts: Sequence[str], *, repeats: in
         pipe(list(prompts), generator=noise_generators(seed, len(prompts)), output_type="pt", **call)
 
     _, by_module = count_flops(run)
-    flops = dict.fromkeys(("clip", "llm", "denoise"), 0.0)
-    for name, n in by_module.items():
-        if MODEL_STAGES.get(name) in flops:
-            flops[MODEL_STAGES[name]] += n
+    flops = _by_stage(by_module)
     bytes_read = weight_bytes_read(pipe, run)
     latency = stage_latency(pipe, prompts, repeats=repeats, seed=seed, **call)
     ms = {"clip": latency["clip_encode"], "llm": latency["llm_generate"], "denoise": latency["denoise"]}
@@ -263,4 +327,5 @@ def roofline_points(pipe: ShapesPipeline, prompts: Sequence[str], *, repeats: in
 
 __all__ = ["COMPONENT_STAGES", "MODEL_STAGES", "count_flops", "flops_by_stage", "median_seconds",
            "memory_bandwidth_gbs", "mfu", "peak_matmul_gflops", "peak_memory_mb", "roofline_points",
-           "sampling_step_cost", "stage_latency", "top_operators", "training_step_cost", "weight_bytes_read"]
+           "sampling_step_cost", "stage_latency", "throughput_limit", "top_operators", "training_step_cost",
+           "weight_bytes_read"]

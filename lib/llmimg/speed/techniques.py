@@ -14,10 +14,12 @@ it never replaces a method of a component.
 
 :func:`measure` draws the same prompts from the same seeds for every technique, in
 batches, after one untimed warm-up batch, and scores the images with ShapesEval
-against the prompts, so each row gives milliseconds per image and all-correct with its
-standard error. :func:`sampler_curve` gives quality against step count for every
-sampler, and :func:`kv_cache` times the LLM's greedy decoding with and without its KV
-cache (checking that both write the same tokens).
+against the prompts, so each row gives all-correct with its standard error and the
+per-image scores that paired comparisons need. :func:`time_trials` times techniques in
+interleaved rounds, and :func:`compare` puts the two together under the rules of
+:mod:`llmimg.speed.verdicts`. :func:`sampler_curve` gives quality against step count for
+every sampler, and :func:`kv_cache` times the LLM's greedy decoding with and without its
+KV cache (checking that both write the same tokens).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from llmimg.core.seeding import noise_generators
 from llmimg.pipelines.shapes import DEFAULT_SCHEDULER, DEFAULT_STEPS, ShapesPipeline
 from llmimg.stages import generator as gen_stage
 from llmimg.stages import llm as llm_stage
+from llmimg.speed.verdicts import (equal_quality, gain_beyond_noise, keeps_quality, paired_quality, quality_se,
+                                   ratios, timing_noise)
 
 Switch = Callable[[ShapesPipeline], ContextManager[Any]]
 
@@ -51,6 +55,7 @@ class Technique:
     what: str
     call: dict[str, Any] = field(default_factory=dict)
     switch: Switch | None = None
+    exact: bool = False  # draws the very same images as the default (a switch of layout, kernels or scheduling)
 
     def applied(self, pipe: ShapesPipeline) -> ContextManager[Any]:
         """The switch around ``pipe``'s calls, or nothing for a technique of call options only."""
@@ -203,10 +208,35 @@ def measure(pipe: ShapesPipeline, technique: Technique, prompts: Sequence[str], 
             out = pipe(batch, generator=noise_generators(seed, len(batch), start), output_type="pt", **call)
             seconds += time.perf_counter() - t0
             images.append(out.images)
-    rate = shapes_eval(torch.cat(images), prompts).all_correct
+    scores = shapes_eval(torch.cat(images), prompts)
+    rate = scores.all_correct
     return {"name": technique.name, "what": technique.what, "ms_per_image": 1e3 * seconds / len(prompts),
             "all_correct": rate, "all_correct_se": standard_error(rate, len(prompts)), "n": len(prompts),
-            "warm_up_s": warm_up_s}
+            "correct": [bool(r.all_correct) for r in scores.records], "warm_up_s": warm_up_s}
+
+
+def time_trials(pipe: ShapesPipeline, techniques: Sequence[Technique], prompts: Sequence[str], *, trials: int = 5,
+                seed: int = 0) -> dict[str, list[float]]:
+    """Milliseconds per image of each technique on the batch ``prompts``, in ``trials`` interleaved rounds.
+
+    Round after round every technique draws the batch once, so a slow moment of a shared
+    machine falls on all of them alike; an untimed round first pays for lazy set-up and
+    compilation. Entering and leaving a switch is not timed.
+    """
+    if trials < 1:
+        raise ValueError(f"trials must be at least 1, got {trials}")
+    prompts = list(prompts)
+    ms: dict[str, list[float]] = {t.name: [] for t in techniques}
+    for round_ in range(trials + 1):
+        for technique in techniques:
+            call = {"num_inference_steps": DEFAULT_STEPS, **technique.call}
+            with technique.applied(pipe):
+                t0 = time.perf_counter()
+                pipe(prompts, generator=noise_generators(seed, len(prompts)), output_type="pt", **call)
+                seconds = time.perf_counter() - t0
+            if round_:
+                ms[technique.name].append(1e3 * seconds / len(prompts))
+    return ms
 
 
 def default_techniques(distilled: dict[int, gen_stage.ShapesGenerator] | None = None,
@@ -223,15 +253,18 @@ def default_techniques(distilled: dict[int, gen_stage.ShapesGenerator] | None = 
         Technique("guidance_half", "guidance on the first half of the steps only", {"guidance_end": 0.5}),
         Technique("no_guidance", "no classifier-free guidance (one UNet row per image)", {"guidance_scale": 1.0}),
         Technique("cfg_two_passes", "guidance as two UNet calls instead of one batched call",
-                  switch=two_pass_guidance),
+                  switch=two_pass_guidance, exact=True),
         Technique("cached_text_states", "text states kept per text (the unconditional one encoded once)",
-                  switch=cached_text_states),
+                  switch=cached_text_states, exact=True),
         Technique("greedy_llm", "the LLM writes greedily (no sampling, no redraws)", {"do_sample": False}),
+        Technique("constrained_llm", "the LLM samples through the grammar's automaton, forced runs in one pass",
+                  {"constrained": True}),
         Technique("no_llm", "no LLM: the prompt is drawn as typed", {"upsample": False}),
-        Technique("plain_attention", "attention written out instead of PyTorch's SDPA", switch=plain_attention),
-        Technique("channels_last", "UNet weights and activations in NHWC layout", switch=channels_last),
+        Technique("plain_attention", "attention written out instead of PyTorch's SDPA", switch=plain_attention,
+                  exact=True),
+        Technique("channels_last", "UNet weights and activations in NHWC layout", switch=channels_last, exact=True),
         Technique("bf16", "bf16 autocast", switch=bf16),
-        Technique("one_thread", "one CPU thread instead of all", switch=lambda p: threads(1)),
+        Technique("one_thread", "one CPU thread instead of all", switch=lambda p: threads(1), exact=True),
         Technique("deep_cache", "DeepCache: the deep UNet features reused on every other step", switch=deep_cache),
     ]
     if compile_unet:
@@ -243,31 +276,10 @@ def default_techniques(distilled: dict[int, gen_stage.ShapesGenerator] | None = 
         rows.append(Technique(f"distilled_{steps}_greedy", f"distilled to {steps} step(s), LLM greedy",
                               {"num_inference_steps": steps, "do_sample": False},
                               lambda p, g=student: swap_generator(p, g, "ddim")))
+        rows.append(Technique(f"distilled_{steps}_constrained", f"distilled to {steps} step(s), LLM constrained",
+                              {"num_inference_steps": steps, "constrained": True},
+                              lambda p, g=student: swap_generator(p, g, "ddim")))
     return rows
-
-
-def quality_se(row: dict[str, Any]) -> float:
-    """``row``'s all-correct standard error, counted as if at least one of its ``n`` trials went the other way.
-
-    A rate of 64/64 has a binomial standard error of 0, which would make any
-    comparison with it demand 1.000 again; one trial's worth of doubt is the least
-    its ``n`` leaves (as in :func:`llmimg.course.reference.tolerance`).
-    """
-    from llmimg.core.evaluation import standard_error
-
-    n = row.get("n")
-    if not n:
-        return float(row["all_correct_se"])
-    return max(float(row["all_correct_se"]), standard_error(min(max(row["all_correct"], 1 / n), 1 - 1 / n), n))
-
-
-def equal_quality(row: dict[str, Any], reference: dict[str, Any]) -> bool:
-    """Whether ``row``'s all-correct is not below ``reference``'s by more than one standard error of the difference.
-
-    Both standard errors are floored at one trial (:func:`quality_se`).
-    """
-    se = (quality_se(row) ** 2 + quality_se(reference) ** 2) ** 0.5
-    return row["all_correct"] >= reference["all_correct"] - se
 
 
 def combine(name: str, parts: Sequence[Technique]) -> Technique:
@@ -287,52 +299,121 @@ def combine(name: str, parts: Sequence[Technique]) -> Technique:
     return Technique(name, " + ".join(part.name for part in parts), call, all_switches if switches else None)
 
 
+# Call options that change only how the LLM writes: they combine with any generator and step count.
+WRITER_OPTIONS = frozenset({"do_sample", "constrained"})
+
+
 def compare(pipe: ShapesPipeline, techniques: Sequence[Technique], prompts: Sequence[str],
-            reference: dict[str, Any], *, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+            reference: dict[str, Any], *, seed: int = 0, trials: int = 5, timing_prompts: Sequence[str] | None = None,
+            progress: bool = False) -> dict[str, Any]:
     """Measure every technique on ``prompts``, stack the ones that help, and pick the fastest at equal quality.
 
     ``techniques[0]`` is the default setting that speed-ups are quoted against.
-    ``reference`` (``all_correct``, ``all_correct_se`` and ``n``, e.g. the naive
-    baseline's) is the quality a setting must keep (:func:`equal_quality`). The stack
-    starts from the fastest equal-quality setting and tries, fastest first, every
-    switch alone (no call options) that made the default more than 3 % faster at equal
-    quality; a switch stays only if the stack with it is measured faster and still of
-    equal quality (speed-ups need not multiply: a switch that helps a 10-step setting
-    can slow a 1-step one). Returns ``rows`` (one per technique, then the stack if a
-    switch stayed), ``stack_trials`` (every stack measured, with ``kept``), ``fastest``
-    (a row), its :class:`Technique` under ``fastest_technique``, and
-    ``meets_reference``: False when no setting, not even the default, kept the
-    reference's quality; ``fastest`` and the stack are then held to the default's.
+    ``reference`` (a :func:`measure` row, e.g. the naive baseline's, drawn on the first
+    prompts of ``prompts``) is the quality a setting must keep, by the paired rule
+    (:func:`~llmimg.speed.verdicts.paired_quality`). Quality comes from one pass over
+    ``prompts``; speed from ``trials`` interleaved timings of the batch ``timing_prompts``
+    (the first 32 prompts by default, :func:`time_trials`): each row's ``ms_per_image`` is
+    the median, with ``ms_min`` and ``ms_max``, and ``speedup`` the median ratio to the
+    default, trial by trial (for a stack, timed in other rounds, the ratio of the medians).
+    ``noise`` is the run's timing noise, measured by the exact
+    switches (:func:`~llmimg.speed.verdicts.timing_noise`).
+
+    The stack starts from the fastest setting that keeps the reference's quality and
+    tries each switch or writer option (:data:`WRITER_OPTIONS`) that kept the default's
+    quality, the ones that sped the default up most first (a gain on the default is a
+    poor guide once the generator takes one step: the LLM's share of the time grows);
+    one stays only if the stack with it, timed against the stack without it in the same
+    interleaved trials, is faster by more than the noise and still keeps the quality
+    (speed-ups need not multiply). Returns ``rows`` (one per technique, then the stack if
+    something stayed), ``stack_trials`` (every stack tried, with its ``gain`` and
+    ``kept``), ``fastest`` (a row), ``techniques`` (every row's and trial's
+    :class:`Technique` by name; the fastest's also under ``fastest_technique``),
+    ``noise``, and ``meets_reference``: False when no setting, not even the default, kept
+    the reference's quality; ``fastest`` and the stack are then held to the default's.
+    Every row and trial says whether it keeps that quality in ``keeps_target``.
     """
     from tqdm.auto import tqdm
 
+    prompts = list(prompts)
+    timing_prompts = list(timing_prompts or prompts[:32])
     by_name = {t.name: t for t in techniques}
     shown = tqdm(techniques, desc="techniques", disable=not show_progress(progress))
     rows = [measure(pipe, t, prompts, seed=seed) for t in shown]
+    ms = time_trials(pipe, techniques, timing_prompts, trials=trials, seed=seed)
     default = rows[0]
     for row in rows:
-        row["speedup"] = default["ms_per_image"] / row["ms_per_image"]
-    meets_reference = any(equal_quality(r, reference) for r in rows)
+        timed(row, ms[row["name"]], ms[default["name"]])
+        row.update(paired_quality(row, reference))
+    noise = timing_noise(ms, default["name"], [t.name for t in techniques if t.exact])
+    meets_reference = any(r["keeps_quality"] for r in rows)
     target = reference if meets_reference else default  # else settle for the default's quality, and say so
-    kept = [r for r in rows if equal_quality(r, target)]
-    best = min(kept, key=lambda r: r["ms_per_image"])
-    helpers = sorted((r for r in rows[1:] if not by_name[r["name"]].call and by_name[r["name"]].switch is not None
-                      and r["speedup"] > 1.03 and equal_quality(r, default)), key=lambda r: r["ms_per_image"])
-    stack, stack_row, trials = [by_name[best["name"]]], best, []
+    for row in rows:
+        row["keeps_target"] = keeps_quality(row, target)
+    best = min((r for r in rows if r["keeps_target"]), key=lambda r: r["ms_per_image"])
+
+    def stackable(t: Technique) -> bool:
+        return (t.switch is not None and not t.call) or (bool(t.call) and t.switch is None
+                                                          and set(t.call) <= WRITER_OPTIONS)
+    helpers = sorted((r for r in rows[1:] if stackable(by_name[r["name"]]) and keeps_quality(r, default)),
+                     key=lambda r: r["ms_per_image"])
+    stack, stack_row, trials_out = [by_name[best["name"]]], best, []
     for helper in helpers:
-        trial = combine("stack", [*stack, by_name[helper["name"]]])
+        part = by_name[helper["name"]]
+        if set(part.call) & set(combine("", stack).call):
+            continue  # the stack already sets this option (e.g. a greedy student and the greedy writer)
+        current, trial = combine("stack", stack), combine("stack", [*stack, part])
         row = measure(pipe, trial, prompts, seed=seed)
-        row["speedup"] = default["ms_per_image"] / row["ms_per_image"]
-        row["kept"] = equal_quality(row, target) and row["ms_per_image"] < stack_row["ms_per_image"]
-        trials.append(row)
+        pair = time_trials(pipe, [current, dataclasses.replace(trial, name="trial")], timing_prompts,
+                           trials=trials, seed=seed)
+        timed(row, pair["trial"], pair["stack"])
+        row["speedup"] = default["ms_per_image"] / row["ms_per_image"]  # against the default, as every row's
+        row.update(paired_quality(row, reference))
+        row["gain"], faster = gain_beyond_noise(pair["stack"], pair["trial"], noise)
+        row["keeps_target"] = keeps_quality(row, target)
+        row["kept"] = faster and row["keeps_target"]
+        row["name"] = f"stack_trial_{len(trials_out) + 1}"
+        by_name[row["name"]] = trial
+        trials_out.append(row)
         if row["kept"]:
-            stack, stack_row = [*stack, by_name[helper["name"]]], row
+            stack, stack_row = [*stack, part], row
     if len(stack) > 1:
-        rows.append({k: v for k, v in stack_row.items() if k != "kept"})
+        rows.append({**{k: v for k, v in stack_row.items() if k not in ("kept", "gain")}, "name": "stack"})
         by_name["stack"] = combine("stack", stack)
         best = rows[-1]
-    return {"rows": rows, "stack_trials": trials, "fastest": best, "fastest_technique": by_name[best["name"]],
-            "meets_reference": meets_reference}
+    return {"rows": rows, "stack_trials": trials_out, "fastest": best, "fastest_technique": by_name[best["name"]],
+            "techniques": by_name, "meets_reference": meets_reference, "noise": noise, "trials": trials}
+
+
+def fastest_for_one(pipe: ShapesPipeline, compared: dict[str, Any], prompt: str, *, repeats: int = 5,
+                    seed: int = 0) -> list[dict[str, Any]]:
+    """Prompt-to-image latency at batch 1 of every setting :func:`compare` found of equal quality, fastest first.
+
+    The fastest setting of :func:`compare` is the fastest for a batch of 32; one user
+    waiting for one image can be served faster by another (the LLM's share of a call is
+    larger at batch 1, and its ways of writing differ most there). Each row: ``name``,
+    ``what``, ``all_correct``, the median ``stage_latency_ms`` of each stage (after one
+    warm-up call) and ``end_to_end_ms``.
+    """
+    from llmimg.speed.profiling import stage_latency
+
+    candidates = [r for r in [*compared["rows"], *compared["stack_trials"]] if r["keeps_target"]]
+    out = []
+    for row in candidates:
+        technique = compared["techniques"][row["name"]]
+        with technique.applied(pipe):
+            latency = stage_latency(pipe, [prompt], repeats=repeats, seed=seed,
+                                    **{"num_inference_steps": DEFAULT_STEPS, **technique.call})
+        out.append({"name": row["name"], "what": row["what"], "all_correct": row["all_correct"],
+                    "stage_latency_ms": latency, "end_to_end_ms": latency["total"]})
+    return sorted(out, key=lambda r: r["end_to_end_ms"])
+
+
+def timed(row: dict[str, Any], ms: Sequence[float], reference_ms: Sequence[float]) -> None:
+    """Put ``ms`` (one per trial) into ``row``: the median ``ms_per_image``, ``ms_min``, ``ms_max``, ``ms_trials``,
+    and ``speedup`` as the median ratio to ``reference_ms`` trial by trial."""
+    row.update(ms_per_image=statistics.median(ms), ms_min=min(ms), ms_max=max(ms), ms_trials=list(ms),
+               speedup=statistics.median(ratios(reference_ms, ms)))
 
 
 def sampler_curve(pipe: ShapesPipeline, prompts: Sequence[str], *,
@@ -402,6 +483,8 @@ def kv_cache(pipe: ShapesPipeline, prompts: Sequence[str], *, n_new: int = 24, r
             "ms_without": without_ms, "speedup": without_ms / with_ms}
 
 
-__all__ = ["Technique", "bf16", "cached_text_states", "channels_last", "combine", "compare", "compiled", "deep_cache",
-           "default_techniques", "equal_quality", "kv_cache", "measure", "plain_attention", "quality_se",
-           "sampler_curve", "sampling", "scheduler", "swap_generator", "threads", "two_pass_guidance"]
+__all__ = ["WRITER_OPTIONS", "Technique", "bf16", "cached_text_states", "channels_last", "combine", "compare",
+           "compiled", "deep_cache", "default_techniques", "equal_quality", "fastest_for_one", "keeps_quality",
+           "kv_cache", "measure",
+           "paired_quality", "plain_attention", "quality_se", "sampler_curve", "sampling", "scheduler",
+           "swap_generator", "threads", "time_trials", "timed", "two_pass_guidance"]

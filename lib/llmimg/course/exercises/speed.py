@@ -1,4 +1,5 @@
-"""Checks for notebook 08 (speed): counting FLOPs, model FLOP utilisation, and where the bottleneck moves."""
+"""Checks for notebook 08 (speed): counting FLOPs, model FLOP utilisation, where the bottleneck moves, and the
+tokens the grammar forces."""
 
 from __future__ import annotations
 
@@ -6,7 +7,16 @@ from typing import Any
 
 from llmimg.course.exercises.feedback import NO_ANSWER, Feedback, check_function, check_number, is_unanswered
 
-__all__ = ["check_amdahl", "check_conv_flops", "check_llm_share", "check_mfu"]
+__all__ = ["check_amdahl", "check_conv_flops", "check_count_forced", "check_llm_share", "check_mfu"]
+
+# Prompts and descriptions that follow them, with their forced tokens checked by hand (<eos> counted):
+# "a red circle in the top left" leaves only the size open; "a square" leaves size, colour and both cell words.
+FORCED_CASES = [("a red circle in the top left", "a large red circle in the top left"),
+                ("a square", "a large yellow square in the middle left"),
+                ("a diamond and a small semicircle",
+                 "a small green diamond in the center and a small blue semicircle in the bottom right"),
+                ("a blue cross in the bottom left and a square in the top middle",
+                 "a large blue cross in the bottom left and a small red square in the top middle")]
 
 
 def check_conv_flops(answer: Any) -> Feedback:
@@ -71,7 +81,8 @@ def check_amdahl(share: float, speedup_of_part: float, answer: Any) -> Feedback:
 
 
 def check_llm_share(latency: Any, answer: Any) -> Feedback:
-    """The LLM stage's share of the whole call's time in ``latency`` (a :func:`~llmimg.speed.profiling.stage_latency` dict).
+    """The LLM stage's share of the whole call's time in ``latency``
+    (a :func:`~llmimg.speed.profiling.stage_latency` dict).
 
     Two points of slack, since the answer is read off a printed table.
     """
@@ -88,3 +99,24 @@ def check_llm_share(latency: Any, answer: Any) -> Feedback:
         return Feedback(True, f"the LLM takes {expected:.0%} of the call: after distillation it, not the UNet, "
                               "sets the pace" if expected > 0.5 else f"the LLM takes {expected:.0%} of the call")
     return Feedback(False, f"{got:.3f} is off: divide the llm_generate column by the total of the same row")
+
+
+def check_count_forced(answer: Any) -> Feedback:
+    """Does the learner's ``count_forced(prompt, description)`` count the tokens the automaton forces (``<eos>`` too)?
+
+    The expected counts come from :func:`llmimg.stages.llm.constrained.forced_tokens`.
+    """
+    from llmimg.stages.llm.constrained import forced_tokens
+
+    cases = [((p, d), forced_tokens(p, d)[0]) for p, d in FORCED_CASES]
+
+    def problem(result: Any, expected: int, args: tuple) -> str | None:
+        if isinstance(result, tuple):
+            return "return one whole number, the forced tokens, not a tuple"
+        if result == expected:
+            return None
+        hint = (" (did you count <eos>? it is forced once the last object is written)" if result == expected - 1
+                else " (count a token as forced when `allowed()` holds one word, before you advance)")
+        return f"`count_forced{args}` gave {result}, expected {expected}{hint}"
+
+    return check_function(answer, "count_forced", cases, problem)
