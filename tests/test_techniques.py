@@ -201,9 +201,11 @@ def test_the_fastest_for_one_user_is_timed_at_batch_1_among_the_settings_of_equa
                   "one": T.Technique("one", "one", {"num_inference_steps": 1}),
                   "worse": T.Technique("worse", "worse", {"num_inference_steps": 1})}
     rows = [{"name": n, "what": n, "all_correct": 0.5, "keeps_target": n != "worse"} for n in techniques]
-    out = T.fastest_for_one(smoke_pipeline, {"rows": rows, "stack_trials": [], "techniques": techniques},
+    kept_trial = {"name": "stack_trial_1", "what": "one", "all_correct": 0.5, "keeps_target": True}  # = row "one"
+    out = T.fastest_for_one(smoke_pipeline, {"rows": rows, "stack_trials": [kept_trial], "techniques": techniques},
                             prompts[0], repeats=1)
-    assert sorted(r["name"] for r in out) == ["one", "two"]  # the one that lost quality is not a candidate
+    # The one that lost quality is not a candidate, and a setting both a row and a stack trial is timed once.
+    assert sorted(r["name"] for r in out) == ["one", "two"]
     assert out[0]["end_to_end_ms"] <= out[1]["end_to_end_ms"]
     assert out[0]["stage_latency_ms"]["total"] == out[0]["end_to_end_ms"]
 

@@ -52,7 +52,7 @@ def bench_pipeline(profile: str | Profile | None = None, *, n_quality: int | Non
     fastest, fastest_technique = compared["fastest"], compared["fastest_technique"]
     peak, bandwidth = peak_matmul_gflops(device=pipe.device), memory_bandwidth_gbs(device=pipe.device)
     with fastest_technique.applied(pipe):
-        call = {**fast, **fastest_technique.call}
+        call = fastest_technique.options
         fastest_latency = {n: stage_latency(pipe, batch32[:n], repeats=repeats, seed=seed, **call) for n in (1, 32)}
         limit = throughput_limit(pipe, batch32, peak, bandwidth, seed=seed, **call)
     fastest_per_s = 32_000 / fastest_latency[32]["total"]

@@ -57,6 +57,11 @@ class Technique:
     switch: Switch | None = None
     exact: bool = False  # draws the very same images as the default (a switch of layout, kernels or scheduling)
 
+    @property
+    def options(self) -> dict[str, Any]:
+        """The pipeline call's options: the default step count unless the technique sets its own, and its ``call``."""
+        return {"num_inference_steps": DEFAULT_STEPS, **self.call}
+
     def applied(self, pipe: ShapesPipeline) -> ContextManager[Any]:
         """The switch around ``pipe``'s calls, or nothing for a technique of call options only."""
         return self.switch(pipe) if self.switch is not None else nullcontext()
@@ -194,7 +199,7 @@ def measure(pipe: ShapesPipeline, technique: Technique, prompts: Sequence[str], 
     prompts = list(prompts)
     if not prompts:
         raise ValueError("measure needs at least one prompt")
-    call = {"num_inference_steps": DEFAULT_STEPS, **technique.call}
+    call = technique.options
     with technique.applied(pipe):
         t0 = time.perf_counter()
         if warm_up:
@@ -229,10 +234,9 @@ def time_trials(pipe: ShapesPipeline, techniques: Sequence[Technique], prompts: 
     ms: dict[str, list[float]] = {t.name: [] for t in techniques}
     for round_ in range(trials + 1):
         for technique in techniques:
-            call = {"num_inference_steps": DEFAULT_STEPS, **technique.call}
             with technique.applied(pipe):
                 t0 = time.perf_counter()
-                pipe(prompts, generator=noise_generators(seed, len(prompts)), output_type="pt", **call)
+                pipe(prompts, generator=noise_generators(seed, len(prompts)), output_type="pt", **technique.options)
                 seconds = time.perf_counter() - t0
             if round_:
                 ms[technique.name].append(1e3 * seconds / len(prompts))
@@ -397,13 +401,16 @@ def fastest_for_one(pipe: ShapesPipeline, compared: dict[str, Any], prompt: str,
     """
     from llmimg.speed.profiling import stage_latency
 
-    candidates = [r for r in [*compared["rows"], *compared["stack_trials"]] if r["keeps_target"]]
+    # The stack is also the last stack trial it kept: one setting, timed once (under the name "stack").
+    candidates = {}
+    for row in [*compared["rows"], *compared["stack_trials"]]:
+        if row["keeps_target"]:
+            candidates.setdefault(row["what"], row)
     out = []
-    for row in candidates:
+    for row in candidates.values():
         technique = compared["techniques"][row["name"]]
         with technique.applied(pipe):
-            latency = stage_latency(pipe, [prompt], repeats=repeats, seed=seed,
-                                    **{"num_inference_steps": DEFAULT_STEPS, **technique.call})
+            latency = stage_latency(pipe, [prompt], repeats=repeats, seed=seed, **technique.options)
         out.append({"name": row["name"], "what": row["what"], "all_correct": row["all_correct"],
                     "stage_latency_ms": latency, "end_to_end_ms": latency["total"]})
     return sorted(out, key=lambda r: r["end_to_end_ms"])
