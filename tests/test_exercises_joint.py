@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pandas as pd
-import pytest
 import torch
 from grading import assert_grades
 
-from llmimg.course.exercises import check_joint_loss, check_regime_difference, check_reinforce_loss
+from llmimg.course.exercises import (check_leave_one_out_loss, check_regime_difference, check_reinforce_loss,
+                                     check_step_log_prob)
 
 
 def right_reinforce(rewards, nll):
@@ -26,40 +26,41 @@ def test_reinforce_loss_is_graded_and_its_mistakes_named():
     assert not cut.ok and "cut from the graph" in cut.message
 
 
-@pytest.fixture(scope="module")
-def model_and_batch(smoke_llm):
-    from llmimg.research import joint
-
-    config = joint.default_config("smoke", "joint")
-    begin = joint.start("smoke", progress=False)
-    return joint.JointModel(config, begin), joint.JointData(config, begin).batch(0)
+def right_rloo(rewards, log_probs):
+    baseline = (rewards.sum() - rewards) / (len(rewards) - 1)
+    return -((rewards - baseline) * log_probs).mean()
 
 
-def right_joint_loss(model, batch, lam):
-    lm = model.lm(batch["z"], batch["task"], batch["input_ids"], batch["attention_mask"], batch["context"])
-    return model.denoising(batch)[0] + lam * lm
+def test_leave_one_out_loss_is_graded_by_its_gradient():
+    assert_grades(check_leave_one_out_loss, right_rloo, lambda r, lp: -((r - r.mean()) * lp).mean())
+    assert "mean of the others" in check_leave_one_out_loss(lambda r, lp: -((r - r.mean()) * lp).mean()).message
+    assert "sign" in check_leave_one_out_loss(lambda r, lp: -right_rloo(r, lp)).message
+    assert "no baseline" in check_leave_one_out_loss(lambda r, lp: -(r * lp).mean()).message
+    assert "no gradient" in check_leave_one_out_loss(lambda r, lp: right_rloo(r, lp.detach())).message
+
+    def baseline_with_gradient(r, lp):  # right value, but the baseline is built from log_probs' graph
+        return right_rloo(r, lp) + 0.1 * (lp - lp.detach()).sum()
+
+    assert "baseline must not carry gradient" in check_leave_one_out_loss(baseline_with_gradient).message
 
 
-def test_joint_loss_is_graded_on_the_real_model(model_and_batch):
-    model, batch = model_and_batch
-    check = lambda f: check_joint_loss(f, model, batch)  # noqa: E731
-    assert_grades(check, right_joint_loss, lambda m, b, lam: m.denoising(b)[0])
-    assert "LLM's term is missing" in check(lambda m, b, lam: m.denoising(b)[0]).message
-    assert "not applied" in check(lambda m, b, lam: right_joint_loss(m, b, 1.0)).message
-    # Right values that train nothing, or train only the generator.
-    assert "no gradient" in check(lambda m, b, lam: torch.tensor(right_joint_loss(m, b, lam).item())).message
+def test_step_log_prob_is_the_librarys_and_graded_by_its_gradient():
+    import math
 
-    def llm_term_as_a_number(m, b, lam):
-        lm = m.lm(b["z"], b["task"], b["input_ids"], b["attention_mask"], b["context"])
-        return m.denoising(b)[0] + lam * lm.item()
+    from llmimg.research.joint.policy import log_prob
 
-    assert "gradient is not" in check(llm_term_as_a_number).message
+    assert check_step_log_prob(log_prob).ok
+    assert "sum over" in check_step_log_prob(lambda x, m, s: log_prob(x, m, s) * x[0].numel()).message
+    assert "constant is missing" in check_step_log_prob(lambda x, m, s: log_prob(x, m, s) + math.log(s)).message
+    assert "no gradient" in check_step_log_prob(lambda x, m, s: log_prob(x, m.detach(), s)).message
+    assert "one log-probability per row" in check_step_log_prob(lambda x, m, s: log_prob(x, m, s).sum()).message
+    assert "raised" in check_step_log_prob(lambda x, m, s: 1 / 0).message
 
 
 def test_the_difference_is_read_off_the_table():
-    table = pd.DataFrame({"all_correct": [0.80, 0.75], "all_correct_se": [0.02, 0.02]}, index=["joint", "separate"])
+    table = pd.DataFrame({"heldout": [0.80, 0.75], "heldout_se": [0.02, 0.02]}, index=["joint_rl", "separate"])
     check = lambda a: check_regime_difference(table, a)  # noqa: E731
     assert_grades(check, 0.05, 0.5)
     assert "points" in check(5.0).message
-    assert "separate minus joint" in check(-0.05).message
+    assert "separate minus joint_rl" in check(-0.05).message
     assert "within the noise" in check(0.05).message

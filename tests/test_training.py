@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -50,6 +51,39 @@ def test_loss_falls_and_history_is_kept():
     assert [h["step"] for h in result.history] == list(range(10, 81, 10))
     assert losses[-1] < 0.1 * losses[0]
     assert torch.allclose(result.model.weight, TRUE_W, atol=0.2)
+
+
+class TwoModels(nn.Module):
+    """Two linear models trained together, each with its own learning rate (optimizer_groups)."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.factor = nn.Linear(3, 1), nn.Linear(3, 1), factor
+
+    def optimizer_groups(self):
+        return {"a": (self.a.parameters(), 1.0), "b": (self.b.parameters(), self.factor)}
+
+    def forward(self, x):
+        return self.a(x) + self.b(x)
+
+
+def test_named_optimizer_groups_get_their_own_learning_rate_and_clipping():
+    """A model that names its parts trains each at lr x its factor (factor 0 leaves it where it was), and each
+    part is clipped on its own: a part with a huge gradient cannot shrink the other's step."""
+    config = TrainConfig(steps=20, batch_size=16, lr=0.1, weight_decay=0.0, warmup_steps=0, log_every=5, grad_clip=1.0)
+    frozen = fit(TwoModels(0.0), batch, loss, config, progress=False).model
+    assert torch.equal(frozen.b.weight, TwoModels(0.0).b.weight) and not torch.equal(frozen.a.weight,
+                                                                                      TwoModels(0.0).a.weight)
+    seen = []
+
+    def huge_b(model, b):  # clipped together with b's, a's gradient would fall below Adam's epsilon
+        seen.append(None)
+        return loss(model, b) + 1e12 * model.b(b["x"]).sum()
+
+    apart = fit(TwoModels(1.0), batch, huge_b, replace(config, steps=1, lr=1.0), progress=False).model
+    moved = (apart.a.weight - TwoModels(1.0).a.weight).abs().max()
+    assert seen and moved > 0.5  # Adam's first step: about lr = 1 on every weight whose gradient is not ~0
 
 
 def test_training_leaves_the_callers_random_state_alone():

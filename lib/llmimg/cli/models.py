@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from llmimg.cli.parser import JOINT_REGIMES
+from llmimg.cli.parser import JOINT_REGIMES, JOINT_RL_REGIMES
 
 
 def _stage(name: str):
@@ -35,9 +35,9 @@ def train_command(args: argparse.Namespace) -> int:
     if args.world != "shapes":
         _check_world_stage("train", args.stage)
     if args.stage == "joint":
-        return _train_joint(args)
-    if (args.regime, args.lam) != (None, None):
-        raise SystemExit("llmimg train: --regime and --lam are for 'llmimg train joint' only")
+        return _train_joint_rl(args) if args.world == "geneval" else _train_joint(args)
+    if (args.regime, args.lam, args.seed) != (None, None, 0):
+        raise SystemExit("llmimg train: --regime, --lam and --seed are for 'llmimg train joint' only")
     options = {"steps": args.steps} if args.stage == "distilled" else {}
     if args.world != "shapes":
         options["world"] = args.world
@@ -64,6 +64,11 @@ def _train_joint(args: argparse.Namespace) -> int:
 
     if args.regime is None:
         raise SystemExit(f"llmimg train joint: choose a regime with --regime ({', '.join(JOINT_REGIMES)})")
+    if args.regime not in JOINT_REGIMES:
+        raise SystemExit(f"llmimg train joint: {args.regime} is a regime of the GenEval-shaped world; add "
+                         "--world geneval")
+    if args.seed:
+        raise SystemExit("llmimg train joint: --seed is for the GenEval-shaped world's regimes (--world geneval)")
     state = PartialState()
     if state.num_processes > 1:
         return _train_joint_distributed(args, state)
@@ -72,6 +77,47 @@ def _train_joint(args: argparse.Namespace) -> int:
     print(f"joint training, {args.regime} regime ({result.path.parent.name} profile): {result.config.train.steps} "
           f"optimiser steps of {result.config.train.batch_size} in {result.train_seconds:.0f} s: {_shown(result.path)}")
     print(", ".join(f"{k} {m[k]:.3f} ± {m[k + '_se']:.3f}" for k in joint.METRICS) + f" (n = {m['n']})")
+    return 0
+
+
+def _train_joint_rl(args: argparse.Namespace) -> int:
+    """``llmimg train joint --world geneval``: one regime and seed from the competent pipeline, trained and scored;
+    under ``accelerate launch`` on every process (the main one scores it and prints JSON)."""
+    from accelerate import PartialState
+
+    from llmimg.research.joint import rl
+
+    if args.regime not in JOINT_RL_REGIMES:
+        raise SystemExit(f"llmimg train joint --world geneval: choose a regime with --regime "
+                         f"({', '.join(JOINT_RL_REGIMES)})")
+    if args.lam is not None:
+        raise SystemExit("llmimg train joint: --lam is for today's world's joint and cycle regimes")
+    state = PartialState()
+    if state.num_processes > 1:
+        # A stage trained by one process while the others wait for it would hang them: the start must be cached.
+        if not rl.start_is_cached(args.profile):
+            raise SystemExit("llmimg train joint: train the GenEval-shaped world's pipeline on one process first "
+                             "(llmimg train generator --world geneval), then launch on several")
+        llm, generator = rl.start(args.profile, progress=False)
+        config = rl.default_config(args.profile, args.regime, args.seed)
+        result = rl.train(config, llm, generator, progress=not args.no_progress)
+        if state.is_main_process:
+            metrics = rl.evaluate(result.model.writer(), result.model.image_generator(), rl.eval_size(args.profile))
+            print(json.dumps({args.regime: {"seed": args.seed, "val": metrics["val"]["overall"],
+                                            "heldout": metrics["heldout"]["overall"], "train_seconds": result.seconds,
+                                            "optimizer_steps": config.train.steps,
+                                            "processes": state.num_processes}}))
+        return 0
+    result = rl.run(args.regime, args.profile, args.seed, progress=not args.no_progress, force=args.force)
+    m, c = result.metrics, result.config
+    print(f"joint training, {args.regime} regime, seed {args.seed} ({result.path.parent.name} profile, GenEval-shaped "
+          f"world): {c.train.steps} optimiser steps of {c.prompts_per_step} prompts x {c.group_size} in "
+          f"{result.train_seconds:.0f} s: {_shown(result.path)}")
+    for split in ("val", "heldout"):
+        o = m[split]["overall"]
+        print(f"{split} overall {o['rate']:.3f} ± {o['se']:.3f} ({o['n_prompts']} prompts, {o['n_images']} images)")
+    print(f"stricter judge {m['strict']['rate']:.3f}, CMMD to real renders {m['cmmd']:.4f}, first-draw faithfulness "
+          f"{m['faithfulness']['rate']:.3f}, open-attribute TV {m['planner_tv']['open_attribute_tv']:.3f}")
     return 0
 
 
@@ -106,6 +152,8 @@ def eval_command(args: argparse.Namespace) -> int:
         _check_world_stage("eval", args.stage)
         if args.stage == "pipeline":
             return _eval_protocol(args)
+        if args.stage == "joint":
+            return _eval_joint_rl(args)
     if args.stage == "joint":
         from llmimg.research import joint
 
@@ -140,9 +188,35 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def _check_world_stage(command: str, stage: str) -> None:
-    if stage not in ("clip", "llm", "generator", "pipeline"):
-        raise SystemExit(f"llmimg {command}: --world is for clip, llm, generator and pipeline; {stage} is "
+    if stage not in ("clip", "llm", "generator", "pipeline", "joint"):
+        raise SystemExit(f"llmimg {command}: --world is for clip, llm, generator, pipeline and joint; {stage} is "
                          "trained on today's world only")
+
+
+def _eval_joint_rl(args: argparse.Namespace) -> int:
+    """``llmimg eval joint --world geneval``: every regime at every seed against the start and each other, paired."""
+    from llmimg.research.joint import rl
+
+    if args.n is not None:
+        raise SystemExit("llmimg eval joint: --n is fixed by the profile (every regime is scored on the same "
+                         "prompts when it is trained)")
+    out = rl.record(args.profile, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    start = out["start"]
+    print(f"start: val {start['val']['overall']['rate']:.3f}, heldout {start['heldout']['overall']['rate']:.3f}")
+    for regime, entry in out["summary"].items():
+        parts = []
+        for split in ("val", "heldout"):
+            d = entry[split]["vs_start"]["overall"]
+            parts.append(f"{split} {entry[split]['seed_mean']['mean']:.3f} ({d['difference']:+.3f} ± {d['se']:.3f} "
+                         "vs start)")
+        print(f"{regime:>13}: " + ", ".join(parts))
+    for name, v in out["verdicts"].items():
+        d = v["heldout"]["overall"]
+        print(f"{name} (heldout overall): {d['difference']:+.3f} ± {d['se']:.3f}, {d['verdict']}")
+    return 0
 
 
 def _eval_protocol(args: argparse.Namespace) -> int:
@@ -214,8 +288,20 @@ def experiment_command(args: argparse.Namespace) -> int:
     """``llmimg experiment NAME``: run the named experiment (the parser admits only known names) and report it."""
     handlers = {"reranking": _reranking, "geneval-recipes": _geneval_recipes, "clip-binding": _clip_binding,
                 "transfer": _transfer, "seed-spread": _seed_spread, "generator-recipes": _generator_recipes,
-                "decoding": _decoding}
+                "decoding": _decoding, "joint-rl-recipes": _joint_rl_recipes}
     return handlers[args.name](args)
+
+
+def _joint_rl_recipes(args: argparse.Namespace) -> int:
+    from llmimg.research.joint import recipes
+
+    record = recipes.run(args.profile, args.only, progress=not args.no_progress)
+    lines = [f"start: val {record['start']['val']['rate']:.3f}, heldout {record['start']['heldout']['rate']:.3f}"]
+    for name, r in record["recipes"].items():
+        d = r["vs_start"]["heldout"]
+        lines.append(f"{name:>32}: val {r['val']['rate']:.3f}, heldout {r['heldout']['rate']:.3f} "
+                     f"({100 * d['diff']:+.1f} ± {100 * d['se']:.1f} points vs start), {r['train_seconds']:.0f} s")
+    return _report(args, record, recipes.results_path(args.profile), lines)
 
 
 def _decoding(args: argparse.Namespace) -> int:

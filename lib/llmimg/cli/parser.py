@@ -11,6 +11,8 @@ from llmimg.core.config import PROFILE_ENV, PROFILES, package_version
 
 STAGES = ("clip", "llm", "generator")
 JOINT_REGIMES = ("separate", "sequential", "joint", "cycle", "reward")  # llmimg.research.joint.REGIMES (a test checks)
+# llmimg.research.joint.rl.REGIMES: reinforcement learning from the GenEval-shaped world's pipeline (a test checks)
+JOINT_RL_REGIMES = ("separate", "generator_rl", "rewriter_rl", "joint_rl")
 
 
 def _positive(limit: int):
@@ -203,8 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("stage", choices=(*STAGES, "distilled", "joint", "writer"))
     train.add_argument("--steps", type=int, choices=(1, 2, 4), default=1,
                        help="distilled: the student's sampling steps (default 1)")
-    train.add_argument("--regime", choices=JOINT_REGIMES, default=None,
-                       help="joint: the training regime (required for joint; see notebook 07)")
+    train.add_argument("--regime", choices=tuple(dict.fromkeys(JOINT_REGIMES + JOINT_RL_REGIMES)), default=None,
+                       help="joint: the training regime (required for joint; see notebook 07): "
+                            f"{', '.join(JOINT_REGIMES)} on today's world; {', '.join(JOINT_RL_REGIMES)} "
+                            "with --world geneval")
+    train.add_argument("--seed", type=_seed, default=0, help="joint --world geneval: the training seed (default 0)")
     train.add_argument("--lam", type=_non_negative, default=None,
                        help="joint: λ, the weight of the LLM's loss in the joint and cycle regimes (default 1)")
     _add_profile(train, "model size and training length")
@@ -237,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "reranking: the pretrained pipeline's re-ranking modes judged by ShapesEval "
                                      "(data/experiments/reranking-<profile>.json; notebook 09 shows it).")
     experiment.add_argument("name", choices=("generator-recipes", "geneval-recipes", "clip-binding", "transfer",
-                                             "seed-spread", "reranking", "decoding"),
+                                             "seed-spread", "reranking", "decoding", "joint-rl-recipes"),
                             help="generator-recipes: the generator recipe search; clip-binding: the GenEval-shaped "
                                  "world's CLIP with and without hard negatives at --seeds "
                                  "(data/experiments/clip-binding-<profile>.json; notebook 03 shows it); "
@@ -252,7 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "and the image's CLIP similarity to the prompt, and the prompt alone, on the same "
                                  "prompts and noise; decoding: the LLM writing with its checker, constrained one "
                                  "token a pass, and constrained with jump-forward, timed side by side "
-                                 "(data/experiments/decoding-<profile>.json)")
+                                 "(data/experiments/decoding-<profile>.json); joint-rl-recipes: reinforcement-"
+                                 "learning recipes from the GenEval-shaped world's pipeline, each paired with the "
+                                 "start (data/experiments/joint-rl-recipes-<profile>.json; notebook 07)")
     _add_profile(experiment, "model size and training length")
     experiment.add_argument("--only", nargs="+", metavar="RECIPE", help="run only these recipes (quote names "
                             "with spaces; default: all)")
@@ -288,4 +295,4 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-__all__ = ["JOINT_REGIMES", "STAGES", "build_parser"]
+__all__ = ["JOINT_REGIMES", "JOINT_RL_REGIMES", "STAGES", "build_parser"]

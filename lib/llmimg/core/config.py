@@ -107,6 +107,15 @@ SIZES: dict[str, tuple[Any, Any, Any]] = {
     "joint.checkpoint_every": (100, 100, 500),
     "joint.start_eval_n": (8, 100, 200),
     "joint.eval_n": (16, 256, 1000),
+    # Reinforcement learning from the GenEval-shaped world's competent pipeline (llmimg.research.joint.rl, issue 27):
+    # optimiser steps, rows per step (prompts x group), the group, the chain and its trained steps, the eval size.
+    "joint_rl.steps": (2, 30, 300),
+    "joint_rl.batch_size": (4, 32, 64),
+    "joint_rl.warmup_steps": (0, 3, 20),
+    "joint_rl.group_size": (2, 8, 8),
+    "joint_rl.sampling_steps": (3, 10, 10),
+    "joint_rl.trained_steps": (2, 4, 9),
+    "joint_rl.eval_per_category": (1, 50, 100),
     "reranking.n_prompts": (4, 300, 1000),  # prompts drawn by every re-ranking mode (notebook 09)
     "reranking.n_candidates": (2, 4, 4),  # the LLM's candidates per prompt, as the pretrained pipeline writes
 }

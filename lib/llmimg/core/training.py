@@ -398,11 +398,19 @@ def _fit(model: nn.Module, batch: Callable[[int], dict[str, Any]],
 
     accelerator = make_accelerator(device)
     meta = {"train": identity(config), **(meta or {})}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in trainable if p.ndim >= 2]
-    no_decay = [p for p in trainable if p.ndim < 2]  # biases and norms are not decayed
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    # A model that trains several models may name them (optimizer_groups: name -> (parameters, lr factor)):
+    # each then gets its own learning rate and its own gradient clipping, so one cannot starve the other.
+    named = model.optimizer_groups() if hasattr(model, "optimizer_groups") else {"all": (model.parameters(), 1.0)}
+    groups, clipped = [], []
+    for params, factor in named.values():
+        trainable = [p for p in params if p.requires_grad]
+        clipped.append(trainable)
+        for decayed in (True, False):  # biases and norms are not decayed
+            chosen = [p for p in trainable if (p.ndim >= 2) == decayed]
+            if chosen:
+                groups.append({"params": chosen, "weight_decay": config.weight_decay if decayed else 0.0,
+                               "initial_lr": config.lr * factor})
+    optimizer = torch.optim.AdamW(groups, lr=config.lr)
     work_dir = Path(work_dir) if work_dir is not None else None
     state = None
     if work_dir is not None and (work_dir / TRAIN_STATE).is_file():
@@ -411,8 +419,6 @@ def _fit(model: nn.Module, batch: Callable[[int], dict[str, Any]],
         state = _Progress()
     _set_rng_state(state.rng)
     start = state.step
-    for group in optimizer.param_groups:
-        group["initial_lr"] = config.lr
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, config.warmup_steps, config.steps), last_epoch=start - 1)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -452,7 +458,8 @@ def _fit(model: nn.Module, batch: Callable[[int], dict[str, Any]],
             logged = step + 1 == config.steps or (step + 1) % config.log_every == 0
             extra = log(accelerator.unwrap_model(model)) if log is not None and logged else {}
             if config.grad_clip:
-                accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+                for params in clipped:
+                    accelerator.clip_grad_norm_(params, config.grad_clip)
             # From here to the end of the block the step is applied and recorded whole: a Ctrl-C
             # waits, so the saved state is never "weights of step n labelled n - 1".
             with _interrupt_deferred():

@@ -1,4 +1,5 @@
-"""Checks for notebook 07 (joint training): the joint loss of a batch, REINFORCE's loss, reading the results."""
+"""Checks for notebook 07 (joint training): REINFORCE's loss, the leave-one-out baseline, a denoising step's
+likelihood, reading the results. The code exercises are graded on their gradients as well as their values."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 from llmimg.course.exercises.feedback import NO_ANSWER, Feedback, as_number, check_function, is_unanswered
 
-__all__ = ["check_joint_loss", "check_reinforce_loss", "check_regime_difference"]
+__all__ = ["check_leave_one_out_loss", "check_reinforce_loss", "check_regime_difference", "check_step_log_prob"]
 
 NO_GRADIENT = ("{name} returns a value no gradient flows through ({why}): keep it a tensor built from the "
                "inputs (no float(), .item() or .detach()), or the optimiser would train nothing")
@@ -20,52 +21,6 @@ def _gradients(loss: Any, inputs: list[Any]) -> list[Any] | None:
         return None
     grads = torch.autograd.grad(loss, inputs, allow_unused=True)
     return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
-
-
-def check_joint_loss(answer: Any, model: Any, batch: dict[str, Any]) -> Feedback:
-    """Does the learner's ``joint_loss(model, batch, lam)`` give L_diff + λ · L_LM of the batch, gradients included?
-
-    ``model`` is a :class:`~llmimg.research.joint.JointModel` and ``batch`` one of its batches; the
-    model is put in eval mode (no dropout) so that every call gives the same numbers. Past the
-    value, the loss's gradient on a weight of the UNet and one of the LLM's prefix mapper must
-    be the right loss's: a value computed with ``float`` or under ``no_grad`` trains nothing.
-    """
-    import torch
-
-    model.eval()
-    with torch.no_grad():
-        diffusion = float(model.denoising(batch)[0])
-        lm = float(model.lm(batch["z"], batch["task"], batch["input_ids"], batch["attention_mask"],
-                            batch.get("context")))
-    cases = [((model, batch, lam), diffusion + lam * lm) for lam in (0.5, 2.0, 0.0)]
-
-    def problem(result: Any, expected: float, args: tuple) -> str | None:
-        lam = args[2]
-        with torch.no_grad():
-            got = as_number(result)
-        if got is None:
-            return f"joint_loss should return a number (a scalar tensor), got {type(result).__name__}"
-        close = lambda a, b: abs(a - b) <= 1e-4 * max(1.0, abs(b))  # noqa: E731
-        if close(got, expected):
-            probes = [next(model.unet.parameters()), next(model.lm.mapper.parameters())]
-            right = model.denoising(batch)[0] + lam * model.lm(batch["z"], batch["task"], batch["input_ids"],
-                                                                batch["attention_mask"], batch.get("context"))
-            grads = _gradients(answer(model, batch, lam), probes)
-            if grads is None:
-                return NO_GRADIENT.format(name="joint_loss", why="a plain number, or a tensor cut from the graph")
-            if not all(torch.allclose(g, e, rtol=1e-4, atol=1e-7) for g, e in zip(grads, _gradients(right, probes))):
-                return ("the value is right but its gradient is not: a term was computed outside autograd (a float, "
-                        ".item() or .detach()), so that model would not learn from it")
-            return None
-        if close(got, diffusion) and lam:
-            return "the LLM's term is missing: add λ times model.lm(...) of the batch's LLM rows"
-        if close(got, diffusion + lm):
-            return f"λ = {lam} is not applied: it multiplies the LLM's loss"
-        if close(got, lm + lam * diffusion):
-            return "λ weighs the LLM's term, not the diffusion term"
-        return f"joint_loss(model, batch, {lam}) = {got:.4f}, expected {expected:.4f}"
-
-    return check_function(answer, "joint_loss", cases, problem)
 
 
 def check_reinforce_loss(answer: Any) -> Feedback:
@@ -110,8 +65,97 @@ def check_reinforce_loss(answer: Any) -> Feedback:
     return check_function(answer, "reinforce_loss", cases, problem)
 
 
-def check_regime_difference(table: Any, answer: Any, a: str = "joint", b: str = "separate",
-                            metric: str = "all_correct") -> Feedback:
+def check_leave_one_out_loss(answer: Any) -> Feedback:
+    """Does ``rloo_loss(rewards, log_probs)`` give −mean((r_i − mean_{j≠i} r_j) · log π_i), gradient included?
+
+    The leave-one-out baseline (RLOO, Kool et al. 2019; Ahmadian et al. 2024) scores each of
+    B samples of one prompt against the mean of the other B − 1: it does not depend on the
+    sample it is subtracted from, so the estimate stays unbiased. ∂L/∂log π_i must be
+    −(r_i − b_i)/B; an answer cut from the graph (``.detach()``, ``float``) fails.
+    """
+    import torch
+
+    cases = []
+    for rewards, logp in (([1.0, 0.0, 1.0, 1.0], [-3.0, -2.0, -4.0, -1.0]), ([0.0, 1.0], [-1.5, -0.5]),
+                          ([0.2, 0.9, 0.4], [-1.0, -2.0, -3.0])):
+        r, lp = torch.tensor(rewards), torch.tensor(logp)
+        cases.append(((r, lp), float(-((r - _others_mean(r)) * lp).mean())))
+
+    def problem(result: Any, expected: float, args: tuple) -> str | None:
+        r, lp = args
+        got = as_number(result)
+        if got is None:
+            return f"rloo_loss should return a number (a scalar tensor), got {type(result).__name__}"
+        if abs(got - expected) <= 1e-5:
+            logp = lp.clone().requires_grad_(True)
+            grads = _gradients(answer(r.clone(), logp), [logp])
+            if grads is None:
+                return NO_GRADIENT.format(name="rloo_loss", why="log_probs was detached or turned into a number")
+            right = -(r - _others_mean(r)) / len(r)
+            if not torch.allclose(grads[0], right, atol=1e-6):
+                return (f"the value is right but d loss / d log_probs is {grads[0].tolist()}, expected "
+                        f"-(r - b)/B = {right.tolist()}: the baseline must not carry gradient")
+            return None
+        if abs(got - float(-((r - r.mean()) * lp).mean())) <= 1e-5:
+            return "that is the batch-mean baseline; leave sample i out of its own baseline: the mean of the others"
+        if abs(got + expected) <= 1e-5:
+            return "the sign is flipped: minimising the loss should raise log π where r beats its baseline"
+        if abs(got - float(-(r * lp).mean())) <= 1e-5:
+            return "there is no baseline: subtract from r_i the mean reward of the other samples"
+        return f"rloo_loss gave {got:.4f}, expected {expected:.4f}"
+
+    return check_function(answer, "rloo_loss", cases, problem)
+
+
+def _others_mean(r: Any) -> Any:
+    """Each entry's leave-one-out mean: the mean of the other entries."""
+    return (r.sum() - r) / (len(r) - 1)
+
+
+def check_step_log_prob(answer: Any) -> Feedback:
+    """Does ``step_log_prob(x_prev, mean, sigma)`` give log N(x_prev; mean, σ²I) per row, averaged over its
+    dimensions, with its gradient with respect to ``mean`` (how the policy gradient reaches the UNet)?"""
+    import math
+
+    import torch
+
+    def log_prob(x: Any, mean: Any, sigma: float) -> Any:
+        return (-0.5 * ((x - mean) / sigma) ** 2 - math.log(sigma) - 0.5 * math.log(2 * math.pi)).flatten(1).mean(1)
+
+    g = torch.Generator().manual_seed(0)
+    cases = []
+    for shape, sigma in (((2, 3, 4, 4), 0.5), ((3, 48, 8, 8), 0.05), ((1, 2, 2, 2), 1.3)):
+        mean, x = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+        cases.append(((x, mean, sigma), log_prob(x, mean, sigma)))
+
+    def problem(result: Any, expected: Any, args: tuple) -> str | None:
+        x, mean, sigma = args
+        if not torch.is_tensor(result) or result.shape != expected.shape:
+            return (f"step_log_prob should return one log-probability per row, shape {tuple(expected.shape)}, "
+                    f"got {getattr(result, 'shape', type(result).__name__)}")
+        if torch.allclose(result, expected, atol=1e-4, rtol=1e-4):
+            m = mean.clone().requires_grad_(True)
+            out = answer(x, m, sigma)
+            grads = _gradients(out.sum() if torch.is_tensor(out) else out, [m])
+            if grads is None:
+                return NO_GRADIENT.format(name="step_log_prob", why="mean was detached")
+            right = (x - mean) / sigma**2 / mean[0].numel()
+            if not torch.allclose(grads[0], right, atol=1e-5, rtol=1e-4):
+                return "the value is right but its gradient with respect to mean is not: keep mean in the graph"
+            return None
+        summed = expected * x[0].numel()
+        if torch.allclose(result, summed, atol=1e-3, rtol=1e-4):
+            return "that is the sum over the row's dimensions; average it (DDPO's scale, the library's)"
+        if torch.allclose(result, expected + math.log(sigma), atol=1e-4) or \
+                torch.allclose(result, expected + 0.5 * math.log(2 * math.pi), atol=1e-4):
+            return "a constant is missing: log N = -z²/2 - log σ - log(2π)/2 per dimension, z = (x - mean)/σ"
+        return "not the Gaussian's log-density: per dimension -z²/2 - log σ - log(2π)/2 with z = (x_prev - mean)/σ"
+
+    return check_function(answer, "step_log_prob", cases, problem)
+
+
+def check_regime_difference(table: Any, answer: Any, a: str = "joint_rl", b: str = "separate",
+                            metric: str = "heldout") -> Feedback:
     """``a``'s ``metric`` minus ``b``'s, read off the results table (half a point of slack)."""
     if is_unanswered(answer):
         return Feedback(False, NO_ANSWER)

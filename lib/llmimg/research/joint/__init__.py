@@ -1,4 +1,14 @@
-"""Joint training of the LLM and the generator (notebook 07): five regimes at equal compute.
+"""Joint training of the LLM and the generator (notebook 07, claim 4).
+
+**Notebook 07's experiment** lives in :mod:`.rl`: reinforcement learning with the exact
+reward from the GenEval-shaped world's competent pipeline (separate training, generator-only,
+rewriter-only and joint RL, three seeds each, paired), built on :mod:`.policy` (a stochastic
+denoising step's likelihood, group-relative advantages, the KL terms); :mod:`.recipes` is its
+recorded recipe search. ``llmimg train joint --world geneval`` and ``llmimg eval joint --world
+geneval`` run it.
+
+**The differentiable couplings**, below, run on today's world (``llmimg train joint --regime
+R``): five regimes at equal compute.
 
 **Where every regime starts.** From the same trained models: the LLM of stage 2, and a
 generator whose UNet reads the LLM's GPT-2 hidden states of the description, trained
