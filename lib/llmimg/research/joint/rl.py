@@ -137,6 +137,7 @@ class Rollout:
     z: torch.Tensor
     context: Any
     states: tuple[torch.Tensor, torch.Tensor]
+    uncond: tuple[torch.Tensor, torch.Tensor]  # the "" text's states: classifier-free guidance's other half
     chain: list[torch.Tensor]  # x_T, ..., x_0: the latents before and after every step
     images: torch.Tensor
     rewards: torch.Tensor
@@ -232,9 +233,8 @@ class PipelinePolicy(nn.Module):
         return diffusion + lm
 
     def _guided_x0(self, unet: nn.Module, x: torch.Tensor, step: policy.Step, roll: Rollout) -> torch.Tensor:
-        uncond = tuple(u.to(x.device) for u in self.start_generator.text_states([""], False))
         t = torch.tensor(step.t, device=x.device)
-        out = gen_stage.guided_output(unet, x, t, *roll.states, uncond, self.start_generator.config.guidance_scale)
+        out = gen_stage.guided_output(unet, x, t, *roll.states, roll.uncond, self.start_generator.config.guidance_scale)
         return gen_stage.clean_estimate(self.start_generator.config.prediction_type, x, out, step.alpha_bar)
 
     @torch.no_grad()
@@ -250,18 +250,20 @@ class PipelinePolicy(nn.Module):
         context = writer.context(prompts=prompts)
         context = None if context is None else context.to(device)
         written = writer.generate(z, "upsample", context=context, seeds=llm_stage.prompt_seeds(seed, len(prompts)))
-        g = self.start_generator
-        states = tuple(s.to(device) for s in g.text_states(llm_stage.in_reading_order(written), False))
+        g, descriptions = self.start_generator, llm_stage.in_reading_order(written)
+        states = tuple(s.to(device) for s in g.text_states(descriptions, False))
+        uncond = tuple(u.to(device) for u in g.text_states([""], False))
         gens = seeding.noise_generators(seed, len(prompts))
         shape = (g.config.latent_channels, g.config.latent_size, g.config.latent_size)
         draw = lambda: torch.stack([torch.randn(shape, generator=r) for r in gens]).to(z.device)  # noqa: E731
-        roll = Rollout(prompts, written, z, context, states, [draw()], torch.empty(0), torch.empty(0), torch.empty(0))
+        roll = Rollout(prompts, written, z, context, states, uncond, [draw()], torch.empty(0), torch.empty(0),
+                       torch.empty(0))
         for step in self.steps:
             x = roll.chain[-1]
             mean = policy.step_mean(step, x, self._guided_x0(self.unet, x, step, roll))
             roll.chain.append(mean + step.sigma * draw() if step.sigma > 0 else mean)
         roll.images = gen_stage.to_images(roll.chain[-1].float().cpu(), g.config.unshuffle)
-        roll.rewards = rewards(roll.images, prompts, llm_stage.in_reading_order(written))
+        roll.rewards = rewards(roll.images, prompts, descriptions)
         roll.advantages = policy.group_advantages(roll.rewards, self.config.group_size).to(z.device)
         return roll
 
@@ -302,7 +304,6 @@ class RLData:
     def __init__(self, config: RLConfig, llm: llm_stage.ShapesLLM, generator: gen_stage.ShapesGenerator) -> None:
         self.config = config
         self.world = GenEvalWorld(seed=config.train.seed, category_weights=config.category_weights)
-        self.supervised = None
         if config.regime == "separate":
             n = min(generator.config.n_train, config.train.steps * config.train.batch_size)
             gen_config = replace(generator.config, n_train=n, train=config.train)
