@@ -7,7 +7,7 @@ import torch
 from grading import assert_grades
 
 from llmimg.course.exercises import (check_leave_one_out_loss, check_regime_difference, check_reinforce_loss,
-                                     check_step_log_prob)
+                                     check_step_log_prob, check_straight_through)
 
 
 def right_reinforce(rewards, nll):
@@ -55,6 +55,24 @@ def test_step_log_prob_is_the_librarys_and_graded_by_its_gradient():
     assert "no gradient" in check_step_log_prob(lambda x, m, s: log_prob(x, m.detach(), s)).message
     assert "one log-probability per row" in check_step_log_prob(lambda x, m, s: log_prob(x, m, s).sum()).message
     assert "raised" in check_step_log_prob(lambda x, m, s: 1 / 0).message
+
+
+def right_straight_through(token, logits):
+    p = logits.softmax(-1)
+    return torch.nn.functional.one_hot(torch.tensor(token), len(logits)).float() + p - p.detach()
+
+
+def test_straight_through_is_graded_by_its_value_and_its_gradient():
+    from llmimg.research.joint.coupled import straight_through
+
+    onehot = lambda t, lg: torch.nn.functional.one_hot(torch.tensor(t), len(lg)).float()  # noqa: E731
+    assert_grades(check_straight_through, right_straight_through, onehot)
+    library = lambda t, lg: straight_through(torch.tensor([[1, t]]), lg[None, None], torch.ones(1, 2))[0, 1]  # noqa
+    assert check_straight_through(library).ok  # the library's, at κ = 1
+    assert "no gradient" in check_straight_through(onehot).message
+    assert "softmax itself" in check_straight_through(lambda t, lg: lg.softmax(-1)).message
+    assert "not softmax's" in check_straight_through(lambda t, lg: onehot(t, lg) + lg - lg.detach()).message
+    assert "one row" in check_straight_through(lambda t, lg: torch.zeros(2)).message
 
 
 def test_the_difference_is_read_off_the_table():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from llmimg.core.training import fit
-from llmimg.research.joint import policy, rl
+from llmimg.research.joint import coupled, experiment, policy, rl
 
 
 # -- the policy gradient's pieces, against diffusers and torch.distributions ------------------
@@ -100,24 +100,69 @@ def test_gradients_reach_exactly_what_each_regime_trains(regime, stages, monkeyp
         return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
 
     assert (reached(model.unet), reached(model.lm)) == {"separate": (True, True), "generator_rl": (True, False),
-                                                        "rewriter_rl": (False, True), "joint_rl": (True, True)}[regime]
+                                                        "rewriter_rl": (False, True), "joint_rl": (True, True),
+                                                        "joint": (True, True), "cycle": (True, True)}[regime]
     assert not reached(model.ref_unet) and not reached(model.ref_lm)
 
 
 @pytest.mark.parametrize("regime", rl.REGIMES)
 def test_each_regimes_objective_improves_on_a_tiny_run(regime, stages, monkeypatch):
-    """The RL regimes raise a learnable reward; ``separate`` lowers its loss on a batch seen again and again."""
+    """The RL regimes raise a learnable reward; the supervised ones lower their loss on a batch seen again and again."""
     monkeypatch.setattr(rl, "rewards", _brightness)
-    config = _tiny(regime, steps=25 if regime == "separate" else 12, kl_generator=0.0, kl_llm=0.0)
+    supervised = regime in rl.SUPERVISED
+    config = _tiny(regime, steps=25 if supervised else 12, kl_generator=0.0, kl_llm=0.0)
     data = rl.RLData(config, *stages)
     first = data.batch(0)
-    batch = (lambda step: first) if regime == "separate" else data.batch
+    batch = (lambda step: first) if supervised else data.batch
     result = fit(rl.PipelinePolicy(config, *stages), batch, lambda m, b: m(b), config.train, progress=False,
                  log=rl.log_parts)
-    key = "loss" if regime == "separate" else "reward"
-    values = [h[key] for h in result.history]
+    values = [h["loss" if supervised else "reward"] for h in result.history]
     early, late = sum(values[:4]) / 4, sum(values[-4:]) / 4
-    assert (late < 0.8 * early) if regime == "separate" else (late > early), values
+    assert (late < 0.8 * early) if supervised else (late > early), values
+
+
+def test_phrase_index_maps_reading_order_to_the_prompts_order():
+    bos, eos, joiner = 1, 2, 9
+    source = [bos, 5, 6, joiner, 7, 8, eos, 0]  # "big red and small blue", padded
+    target = [bos, 7, 8, joiner, 5, 6, eos, 0, 0]  # the other order
+    index = coupled.phrase_index(source, target, joiner)
+    assert [source[i] for i in index] == target[:len(index)] and index[3] == 3
+    assert coupled.phrase_index(source, [bos, 7, 6, joiner, 5, 8, eos], joiner) is None  # other objects
+    assert coupled.phrase_index(source, [bos, 5, 6, eos], joiner) is None  # one object fewer
+    assert coupled.phrase_index([bos, joiner, 5, eos], [bos, 5, joiner, eos], joiner) is None  # an empty phrase
+
+
+def test_straight_through_is_one_hot_with_the_softmax_gradient():
+    ids = torch.tensor([[1, 4, 2, 0]])
+    mask = (ids != 0).long()
+    logits = torch.randn(1, 3, 6, requires_grad=True)
+    rows = coupled.straight_through(ids, logits, mask, gain=3.0)
+    assert torch.equal(rows, torch.nn.functional.one_hot(ids, 6).float())
+    weights = torch.randn(1, 4, 6)
+    (rows * weights).sum().backward()
+    expected = torch.autograd.grad((3.0 * logits.softmax(-1) * weights[:, 1:] * mask[:, 1:, None]).sum(), logits)[0]
+    torch.testing.assert_close(logits.grad, expected)
+    assert torch.equal(logits.grad[0, 2], torch.zeros(6))  # the padding's row predicts nothing
+
+
+@pytest.mark.parametrize("regime", ["joint", "cycle"])
+def test_the_coupled_regimes_read_the_same_states_and_pass_the_generators_gradient_to_the_llm(regime, stages):
+    """The generator reads exactly what it was trained on; its diffusion loss alone reaches the LLM."""
+    from llmimg.stages import generator as gen_stage
+
+    llm, generator = stages
+    config = rl.default_config("smoke", regime)
+    model = rl.PipelinePolicy(config, llm, generator).train()
+    b = rl.RLData(config, llm, generator).batch(0)
+    logits = model.lm.token_logits(b["z"], b["task"], b["input_ids"], b["attention_mask"], b["context"])
+    states, mask, n_coupled = coupled.generator_inputs(model, b, logits)
+    expected, expected_mask = generator.text_encoder.token_states(b["texts"])
+    torch.testing.assert_close(states, expected[:, :states.shape[1]])
+    assert torch.equal(mask, expected_mask[:, :mask.shape[1]]) and n_coupled > 0
+    noisy = generator.scheduler.add_noise(b["latents"], b["noise"], b["timesteps"])
+    pred = gen_stage.unet_output(model.unet, noisy, b["timesteps"], states, mask)
+    gen_stage.diffusion_loss(generator.config, generator.scheduler, pred, b).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.lm.parameters())
 
 
 def test_the_rl_step_by_hand_is_the_librarys(stages, monkeypatch):
@@ -164,7 +209,9 @@ def test_a_rollout_is_a_function_of_the_seed(stages):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"regime": "cycle"}, "unknown regime"), ({"group_size": 1}, "group_size"),
+    ({"regime": "reward"}, "unknown regime"), ({"group_size": 1}, "group_size"),
+    ({"regime": "joint"}, "coupling"), ({"regime": "cycle", "coupling": 1.0}, "cycle_weight"),
+    ({"coupling": 1.0}, "coupling"),
     ({"trained_steps": 10}, "trained_steps"),
     ({"kl_llm": -1.0}, "kl_llm"), ({"eta": 0.0}, None)])
 def test_bad_settings_get_clear_errors(changes, message, stages):
@@ -188,6 +235,8 @@ def test_a_run_is_cached_scored_and_refused_when_damaged(stages, tmp_path):
         assert torch.equal(a, b)
     d = rl.paired_over_seeds([first.metrics], [rl.start_scores("smoke", progress=False)])
     assert set(d) >= {"difference", "se", "verdict", "detectable"}
+    same = rl.paired_over_seeds([first.metrics] * 3, [first.metrics] * 3)  # the same verdict on every image
+    assert (same["difference"], same["se"], same["verdict"]) == (0.0, 0.0, "tie")
     damaged = tmp_path / "damaged"
     damaged.mkdir()
     for f in first.path.iterdir():
@@ -237,7 +286,7 @@ def test_cli_train_joint_geneval_trains_and_scores_a_regime(stages, capsys):
     with pytest.raises(SystemExit, match="add --world geneval"):
         main(["train", "joint", "--regime", "joint_rl", "--profile", "smoke"])
     with pytest.raises(SystemExit, match="--world geneval: choose a regime"):
-        main(["train", "joint", "--world", "geneval", "--regime", "cycle", "--profile", "smoke"])
+        main(["train", "joint", "--world", "geneval", "--regime", "reward", "--profile", "smoke"])
     with pytest.raises(SystemExit, match="--seed is for"):
         main(["train", "joint", "--regime", "joint", "--seed", "2", "--profile", "smoke"])
 
@@ -254,7 +303,7 @@ def test_cli_eval_joint_geneval_prints_the_whole_record(stages, capsys):
         assert len(out["runs"][regime]) == len(rl.SEEDS)
         assert {"seed_mean", "vs_start"} <= set(out["summary"][regime]["heldout"])
         assert {"strict", "cmmd", "faithfulness", "planner_tv"} == set(out["summary"][regime]["hacking"])
-    assert set(out["verdicts"]) == {f"joint_rl vs {r}" for r in rl.REGIMES if r != "joint_rl"}
+    assert set(out["verdicts"]) == {f"{a} vs {b}" for a, b in experiment.VERDICTS}
     assert out["coadaptation"]["own_llm_minus_start_llm"]["verdict"] in ("ahead", "behind", "tie")
 
 

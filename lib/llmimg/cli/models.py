@@ -91,7 +91,8 @@ def _train_joint_rl(args: argparse.Namespace) -> int:
         raise SystemExit(f"llmimg train joint --world geneval: choose a regime with --regime "
                          f"({', '.join(JOINT_RL_REGIMES)})")
     if args.lam is not None:
-        raise SystemExit("llmimg train joint: --lam is for today's world's joint and cycle regimes")
+        raise SystemExit("llmimg train joint: --lam is for today's world's joint and cycle regimes "
+                         "(without --world geneval)")
     state = PartialState()
     if state.num_processes > 1:
         # A stage trained by one process while the others wait for it would hang them: the start must be cached.
@@ -110,9 +111,10 @@ def _train_joint_rl(args: argparse.Namespace) -> int:
         return 0
     result = rl.run(args.regime, args.profile, args.seed, progress=not args.no_progress, force=args.force)
     m, c = result.metrics, result.config
+    rows = (f"{c.train.batch_size} rows of data" if args.regime in rl.SUPERVISED
+            else f"{c.prompts_per_step} prompts x {c.group_size}")
     print(f"joint training, {args.regime} regime, seed {args.seed} ({result.path.parent.name} profile, GenEval-shaped "
-          f"world): {c.train.steps} optimiser steps of {c.prompts_per_step} prompts x {c.group_size} in "
-          f"{result.train_seconds:.0f} s: {_shown(result.path)}")
+          f"world): {c.train.steps} optimiser steps of {rows} in {result.train_seconds:.0f} s: {_shown(result.path)}")
     for split in ("val", "heldout"):
         o = m[split]["overall"]
         print(f"{split} overall {o['rate']:.3f} ± {o['se']:.3f} ({o['n_prompts']} prompts, {o['n_images']} images)")
@@ -195,12 +197,12 @@ def _check_world_stage(command: str, stage: str) -> None:
 
 def _eval_joint_rl(args: argparse.Namespace) -> int:
     """``llmimg eval joint --world geneval``: every regime at every seed against the start and each other, paired."""
-    from llmimg.research.joint import rl
+    from llmimg.research.joint import experiment
 
     if args.n is not None:
         raise SystemExit("llmimg eval joint: --n is fixed by the profile (every regime is scored on the same "
                          "prompts when it is trained)")
-    out = rl.record(args.profile, progress=not args.no_progress)
+    out = experiment.record(args.profile, progress=not args.no_progress)
     if args.json:
         print(json.dumps(out))
         return 0

@@ -12,7 +12,7 @@ from llmimg.core.config import PROFILE_ENV, PROFILES, package_version
 STAGES = ("clip", "llm", "generator")
 JOINT_REGIMES = ("separate", "sequential", "joint", "cycle", "reward")  # llmimg.research.joint.REGIMES (a test checks)
 # llmimg.research.joint.rl.REGIMES: reinforcement learning from the GenEval-shaped world's pipeline (a test checks)
-JOINT_RL_REGIMES = ("separate", "generator_rl", "rewriter_rl", "joint_rl")
+JOINT_RL_REGIMES = ("separate", "generator_rl", "rewriter_rl", "joint_rl", "joint", "cycle")
 
 
 def _positive(limit: int):
@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "with --world geneval")
     train.add_argument("--seed", type=_seed, default=0, help="joint --world geneval: the training seed (default 0)")
     train.add_argument("--lam", type=_non_negative, default=None,
-                       help="joint: λ, the weight of the LLM's loss in the joint and cycle regimes (default 1)")
+                       help="joint on today's world: λ, the weight of the LLM's loss in its joint and cycle "
+                            "regimes (default 1)")
     _add_profile(train, "model size and training length")
     _add_world(train)
     train.add_argument("--force", action="store_true", help="retrain even if the cache has this stage")

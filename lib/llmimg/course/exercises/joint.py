@@ -1,5 +1,6 @@
 """Checks for notebook 07 (joint training): REINFORCE's loss, the leave-one-out baseline, a denoising step's
-likelihood, reading the results. The code exercises are graded on their gradients as well as their values."""
+likelihood, a straight-through token, reading the results. The code exercises are graded on their gradients as
+well as their values."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any
 
 from llmimg.course.exercises.feedback import NO_ANSWER, Feedback, as_number, check_function, is_unanswered
 
-__all__ = ["check_leave_one_out_loss", "check_reinforce_loss", "check_regime_difference", "check_step_log_prob"]
+__all__ = ["check_leave_one_out_loss", "check_reinforce_loss", "check_regime_difference", "check_step_log_prob",
+           "check_straight_through"]
 
 NO_GRADIENT = ("{name} returns a value no gradient flows through ({why}): keep it a tensor built from the "
                "inputs (no float(), .item() or .detach()), or the optimiser would train nothing")
@@ -152,6 +154,43 @@ def check_step_log_prob(answer: Any) -> Feedback:
         return "not the Gaussian's log-density: per dimension -z²/2 - log σ - log(2π)/2 with z = (x_prev - mean)/σ"
 
     return check_function(answer, "step_log_prob", cases, problem)
+
+
+def check_straight_through(answer: Any) -> Feedback:
+    """Does ``straight_through_row(token, logits)`` give the one-hot of ``token`` with softmax(logits)'s gradient?
+
+    The row's value must be exactly ``one_hot(token, V)`` (what the generator reads) and
+    its Jacobian with respect to ``logits`` that of ``softmax(logits)``: for a loss ⟨row, w⟩,
+    ∂/∂logits = (diag p − p pᵀ) w. A plain one-hot passes no gradient; the softmax itself
+    has the gradient but the wrong value.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    cases = [((token, torch.randn(size, generator=g)), torch.nn.functional.one_hot(torch.tensor(token), size).float())
+             for token, size in ((3, 5), (0, 8), (6, 7))]
+
+    def problem(result: Any, expected: Any, args: tuple) -> str | None:
+        token, logits = args
+        if not torch.is_tensor(result) or result.shape != expected.shape:
+            return (f"straight_through_row should return one row of {len(expected)} numbers, got "
+                    f"{getattr(result, 'shape', type(result).__name__)}")
+        if torch.allclose(result, logits.softmax(-1), atol=1e-6):
+            return "that is the softmax itself: its gradient is right, but the generator must read the one-hot"
+        if not torch.allclose(result.float(), expected, atol=1e-6):
+            return f"the value should be the one-hot of token {token}: 1 there, 0 elsewhere"
+        x = logits.clone().requires_grad_(True)
+        w = torch.randn(len(expected), generator=torch.Generator().manual_seed(token))
+        out = answer(token, x)
+        grads = _gradients((out * w).sum() if torch.is_tensor(out) else out, [x])
+        if grads is None or not grads[0].abs().sum() > 0:
+            return NO_GRADIENT.format(name="straight_through_row", why="a one-hot alone has none; add p - p.detach()")
+        p = logits.softmax(-1)
+        if not torch.allclose(grads[0], (torch.diag(p) - torch.outer(p, p)) @ w, atol=1e-5):
+            return "the value is right but the gradient is not softmax's: add softmax(logits) minus its detached copy"
+        return None
+
+    return check_function(answer, "straight_through_row", cases, problem)
 
 
 def check_regime_difference(table: Any, answer: Any, a: str = "joint_rl", b: str = "separate",

@@ -3,12 +3,15 @@
 **Notebook 07's experiment** lives in :mod:`.rl`: reinforcement learning with the exact
 reward from the GenEval-shaped world's competent pipeline (separate training, generator-only,
 rewriter-only and joint RL, three seeds each, paired), built on :mod:`.policy` (a stochastic
-denoising step's likelihood, group-relative advantages, the KL terms); :mod:`.recipes` is its
-recorded recipe search. ``llmimg train joint --world geneval`` and ``llmimg eval joint --world
-geneval`` run it.
+denoising step's likelihood, group-relative advantages, the KL terms), and beside them the
+differentiable ``joint`` and ``cycle`` regimes from the same start (:mod:`.coupled`: the
+generator's gradient reaches the LLM straight through its tokens); :mod:`.experiment` gathers
+the record, :mod:`.recipes` is the recorded recipe search. ``llmimg train joint --world
+geneval`` and ``llmimg eval joint --world geneval`` run it.
 
-**The differentiable couplings**, below, run on today's world (``llmimg train joint --regime
-R``): five regimes at equal compute.
+**Today's world's differentiable couplings**, below, are the course's earlier version (``llmimg
+train joint --regime R``): five regimes at equal compute, from a generator that reads the LLM's
+GPT-2 states.
 
 **Where every regime starts.** From the same trained models: the LLM of stage 2, and a
 generator whose UNet reads the LLM's GPT-2 hidden states of the description, trained

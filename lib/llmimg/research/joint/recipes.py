@@ -30,6 +30,9 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "generator_rl, lr 1e-4, KL 1": ("generator_rl", {"lr": 1e-4, "kl_generator": 1.0}),
     "rewriter_rl, LLM lr 1e-5": ("rewriter_rl", {"lr": 1e-4, "llm_lr_factor": 0.1}),
     "rewriter_rl, LLM lr 1e-4": ("rewriter_rl", {"lr": 1e-4, "llm_lr_factor": 1.0}),
+    # The coupled regimes: κ (the generator's gradient on the LLM) first, then μ (the cycle) at the chosen κ.
+    **{f"joint, κ {k:g}": ("joint", {"coupling": k}) for k in rl.COUPLINGS},
+    **{f"cycle, μ {m:g}": ("cycle", {"cycle_weight": m}) for m in rl.CYCLE_WEIGHTS},
 }
 
 

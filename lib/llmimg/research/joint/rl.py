@@ -11,7 +11,10 @@ equal compute: the same optimiser steps on the same number of rows (prompts × g
   group-relative advantages, an exact KL to the start), the LLM frozen (DDPO, Flow-GRPO);
 * ``rewriter_rl``: the LLM's upsampling is the policy, with GRPO on the reward of the
   images the frozen generator draws from its descriptions, and a KL to the start (RePrompt);
-* ``joint_rl``: both policies in one loop on one reward and one advantage (T2I-R1, PromptRL).
+* ``joint_rl``: both policies in one loop on one reward and one advantage (T2I-R1, PromptRL);
+* ``joint`` and ``cycle``: the differentiable couplings (:mod:`.coupled`): ``separate``'s losses
+  with the generator's gradient reaching the LLM straight through its tokens, and (``cycle``)
+  the LLM captioning the generator's clean-image estimate.
 
 The reward is the judge's all-correct of each image against its ``train`` prompt; the
 test is the protocol's ``val`` and ``heldout`` prompt sets, and :func:`evaluate` also
@@ -36,13 +39,12 @@ from llmimg.core import seeding
 from llmimg.core.config import Profile, get_profile
 from llmimg.core.data.geneval import GenEvalWorld
 from llmimg.core.evaluation.geneval_judge import prompts_followed
-from llmimg.core.evaluation.statistics import paired_difference
 from llmimg.core.store import (CheckpointError, Manifest, cache_key, cached, cached_folder, quiet_libraries,
                                read_manifest, write_manifest)
 from llmimg.core.text import encode
 from llmimg.core.training import StageConfig, TrainConfig, TrainResult, fit
-from llmimg.research.joint import policy
-from llmimg.research.joint.scoring import (bits_of, clip_distance, evaluate, paired, paired_over_seeds,
+from llmimg.research.joint import coupled, policy
+from llmimg.research.joint.scoring import (clip_distance, evaluate, paired, paired_over_seeds,
                                            protocol_score, seed_mean)
 from llmimg.stages import clip as clip_stage
 from llmimg.stages import generator as gen_stage
@@ -50,15 +52,21 @@ from llmimg.stages import llm as llm_stage
 
 STAGE = "joint-rl"
 FORMAT = 1  # bump when a change to this module changes what a trained regime is
-REGIMES = ("separate", "generator_rl", "rewriter_rl", "joint_rl")
+REGIMES = ("separate", "generator_rl", "rewriter_rl", "joint_rl", "joint", "cycle")
+SUPERVISED = ("separate", "joint", "cycle")  # the regimes trained on the data's rows, not on rollouts
 TRAINS = {"separate": ("generator", "llm"), "generator_rl": ("generator",), "rewriter_rl": ("llm",),
-          "joint_rl": ("generator", "llm")}
+          "joint_rl": ("generator", "llm"), "joint": ("generator", "llm"), "cycle": ("generator", "llm")}
 SEEDS = (0, 1, 2)  # the training seeds every regime is run with
 WEIGHTS = "model.safetensors"
 RL_CATEGORY_WEIGHTS = (1.0, 1.0, 6.0, 1.0, 1.0, 1.0, 1.0)
 # The learning rates, chosen on val by the recipe search (llmimg.research.joint.recipes, README): the generator's
 # best of 1e-4, 3e-5 and 1e-5, the LLM's best of 1e-5 and 1e-4.
 LR, LLM_LR = 3e-5, 1e-4
+# κ and μ of the coupled regimes, each swept at seed 0 by the recipe search (κ first, then μ at the chosen κ);
+# the best on val is the default (a tie goes to the stronger coupling). Val fell as either weight rose (README), so
+# both are the weakest tried; at κ = 1 the generator's gradient on the LLM is about 1/500 of the LLM's own.
+COUPLINGS, CYCLE_WEIGHTS = (1.0, 100.0, 1000.0), (0.01, 0.1, 1.0)
+COUPLING, CYCLE_WEIGHT = 1.0, 0.01
 
 
 def check_regime(regime: Any) -> str:
@@ -77,6 +85,9 @@ class RLConfig(StageConfig):
     stochastic DDIM chain (``eta``); ``trained_steps`` of the chain's steps, drawn at
     random, take the generator's gradient. ``kl_generator`` and ``kl_llm`` weigh the KL
     to the starting models; the LLM learns at ``llm_lr_factor`` times ``train.lr``.
+    ``coupling`` is κ, the gain of the generator's gradient on the LLM in ``joint`` and
+    ``cycle`` (:func:`~llmimg.research.joint.coupled.straight_through`); ``cycle_weight`` is μ,
+    the weight of ``cycle``'s caption loss. Both are 0 in the regimes without them.
     """
 
     regime: str = "joint_rl"
@@ -90,6 +101,9 @@ class RLConfig(StageConfig):
     # The rollouts' prompts by category (GenEval's six, then the cell): counting six times as often, the category
     # where the start errs most (README: counting 0.920 on val, the rest 0.98 and above), so more groups disagree.
     category_weights: tuple[float, ...] = RL_CATEGORY_WEIGHTS
+    # Added later: runs trained before them keep their cache keys.
+    coupling: float = field(default=0.0, metadata={"omit_default": True})
+    cycle_weight: float = field(default=0.0, metadata={"omit_default": True})
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=30, batch_size=32, lr=LR, warmup_steps=3))
 
     def __post_init__(self) -> None:
@@ -103,7 +117,12 @@ class RLConfig(StageConfig):
         if not 1 <= self.trained_steps < self.sampling_steps:
             raise ValueError(f"trained_steps must be from 1 to sampling_steps - 1 (the last step has no "
                              f"likelihood), got {self.trained_steps} of {self.sampling_steps}")
-        for name in ("kl_generator", "kl_llm", "llm_lr_factor"):
+        for name, regimes in (("coupling", ("joint", "cycle")), ("cycle_weight", ("cycle",))):
+            value = getattr(self, name)
+            if (self.regime in regimes) != (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"{name} must be positive in the {' and '.join(regimes)} regime and 0 in the "
+                                 f"others, got {value!r} for {self.regime}")
+        for name in ("kl_generator", "kl_llm", "llm_lr_factor", "coupling", "cycle_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or value < 0:
@@ -125,6 +144,10 @@ def default_config(profile: str | Profile | None = None, regime: str = "joint_rl
     train = TrainConfig(steps=p.size("joint_rl.steps"), batch_size=p.size("joint_rl.batch_size"), lr=lr,
                         warmup_steps=p.size("joint_rl.warmup_steps"), log_every=1, seed=seed)
     sized = {name: p.size(f"joint_rl.{name}") for name in ("group_size", "sampling_steps", "trained_steps")}
+    if regime in ("joint", "cycle"):
+        sized["coupling"] = COUPLING
+    if regime == "cycle":
+        sized["cycle_weight"] = CYCLE_WEIGHT
     return RLConfig(regime=check_regime(regime), train=train, **{**sized, **changes})
 
 
@@ -171,7 +194,7 @@ class PipelinePolicy(nn.Module):
         self.lm.requires_grad_("llm" in trains)
         self.unet.requires_grad_("generator" in trains)
         patches = getattr(self.lm.mapper, "patches", None)
-        if config.regime != "separate" and patches is not None:
+        if config.regime not in SUPERVISED and patches is not None:
             # The policy only upsamples: the projection of image patches (captioning) gets no gradient, which
             # DDP on several processes refuses, and there is nothing for it to learn.
             patches.requires_grad_(False)
@@ -205,6 +228,8 @@ class PipelinePolicy(nn.Module):
     def forward(self, b: dict[str, Any]) -> torch.Tensor:
         if self.config.regime == "separate":
             return self.supervised(b)
+        if self.config.regime in SUPERVISED:
+            return coupled.loss(self, b)
         roll = self.rollout(b["prompts"], b["seed"])
         trains = TRAINS[self.config.regime]
         loss = torch.zeros((), device=roll.images.device)
@@ -294,7 +319,7 @@ class PipelinePolicy(nn.Module):
 
 
 class RLData:
-    """``batch(step)``: the step's prompts (RL regimes) or supervised rows of both models (``separate``).
+    """``batch(step)``: the step's prompts (RL regimes) or rows of both models' data (:data:`SUPERVISED`).
 
     The RL prompts are ``train`` prompts of the GenEval-shaped world, weighted by category
     (``config.category_weights``), each repeated
@@ -304,18 +329,20 @@ class RLData:
     def __init__(self, config: RLConfig, llm: llm_stage.ShapesLLM, generator: gen_stage.ShapesGenerator) -> None:
         self.config = config
         self.world = GenEvalWorld(seed=config.train.seed, category_weights=config.category_weights)
-        if config.regime == "separate":
+        if config.regime in SUPERVISED:
             n = min(generator.config.n_train, config.train.steps * config.train.batch_size)
             gen_config = replace(generator.config, n_train=n, train=config.train)
             bank = gen_stage.make_bank(gen_config, "geneval")
-            self.generator_batch = gen_stage.make_batch_fn(gen_config, generator.text_encoder, bank)
+            # The coupled regimes encode the texts themselves (coupled.generator_inputs); the draws are the same.
+            encoder = generator.text_encoder if config.regime == "separate" else None
+            self.generator_batch = gen_stage.make_batch_fn(gen_config, encoder, bank)
             c = llm.config
             self.llm_bank = llm_stage.LLMBank(n, llm.clip, seed=gen_config.data_seed, read_context=c.read_context,
                                               prompt_order=c.prompt_order)
 
     def batch(self, step: int) -> dict[str, Any]:
         c = self.config
-        if c.regime == "separate":
+        if c.regime in SUPERVISED:
             out = self.generator_batch(step)
             task = (torch.rand(len(out["index"]), generator=seeding.torch_generator(c.train.seed, "tasks", step))
                     < 0.5).long()  # half the rows caption, half upsample, as the LLM was trained
@@ -436,58 +463,8 @@ def start_scores(profile: str | Profile | None = None, *, progress: bool = True)
     return evaluate(*start(profile, progress=progress), eval_size(profile))
 
 
-def record(profile: str | Profile | None = None, regimes: Sequence[str] = REGIMES, seeds: Sequence[int] = SEEDS, *,
-           progress: bool = True) -> dict[str, Any]:
-    """The whole experiment as plain values (``llmimg eval joint --world geneval --json``; notebook 07).
-
-    Every regime at every seed (trained where the cache lacks it) and the starting
-    pipeline, all on the same prompts and noise. ``runs``: each regime's per-seed
-    :func:`evaluate` record with its training seconds and history; ``start``: the start's.
-    ``summary``: per regime and split, the mean over seeds (``seed_mean``) and the paired
-    comparison with the start (``vs_start``, :func:`paired_over_seeds`), in ``overall``
-    and ``counting``; on ``val`` also the hacking measures against the start (the
-    stricter judge, paired image by image; CMMD, faithfulness and TV as means over seeds).
-    ``verdicts``: ``joint_rl`` against ``separate`` and against each single-model RL regime,
-    paired seed by seed, on both splits. ``coadaptation``: ``joint_rl``'s generator drawn
-    from the starting LLM's descriptions instead of its own LLM's, paired per seed on ``val``.
-    """
-    profile = get_profile(profile)
-    llm, generator = start(profile, progress=progress)
-    n = eval_size(profile)
-    start_metrics = evaluate(llm, generator, n)
-    runs = {r: [run(r, profile, s, progress=progress) for s in seeds] for r in regimes}
-    out: dict[str, Any] = {"profile": profile.name, "world": "geneval", "seeds": list(seeds),
-                           "n_per_category": n, "budget": default_config(profile).as_dict(), "start": start_metrics,
-                           "runs": {r: [{"seed": s, "train_seconds": x.train_seconds, "metrics": x.metrics,
-                                         "history": x.history} for s, x in zip(seeds, rs)] for r, rs in runs.items()}}
-    summary: dict[str, Any] = {}
-    for r, rs in runs.items():
-        ms = [x.metrics for x in rs]
-        entry: dict[str, Any] = {}
-        for split in ("val", "heldout"):
-            entry[split] = {"seed_mean": seed_mean(ms, split), "vs_start": {
-                c: paired_over_seeds(ms, [start_metrics] * len(ms), split, c) for c in ("overall", "counting")}}
-        strict = [paired_difference(bits_of(m["strict"]), bits_of(start_metrics["strict"])) for m in ms]
-        entry["hacking"] = {
-            "strict": {"rate": float(np.mean([m["strict"]["rate"] for m in ms])),
-                       "vs_start": [{"diff": d.diff, "se": d.se} for d in strict]},
-            "cmmd": {"mean": float(np.mean([m["cmmd"] for m in ms])), "per_seed": [m["cmmd"] for m in ms]},
-            "faithfulness": float(np.mean([m["faithfulness"]["rate"] for m in ms])),
-            "planner_tv": float(np.mean([m["planner_tv"]["open_attribute_tv"] for m in ms]))}
-        summary[r] = entry
-    out["summary"] = summary
-    if "joint_rl" in runs:
-        out["verdicts"] = {f"joint_rl vs {other}": {split: {c: paired_over_seeds(
-            [x.metrics for x in runs["joint_rl"]], [x.metrics for x in runs[other]], split, c)
-            for c in ("overall", "counting")} for split in ("val", "heldout")} for other in runs if other != "joint_rl"}
-        swapped = [{"val": protocol_score(llm, x.image_generator, n, "val")[0], "n_per_category": n}
-                   for x in runs["joint_rl"]]
-        out["coadaptation"] = {"own_llm_minus_start_llm": paired_over_seeds(
-            [x.metrics for x in runs["joint_rl"]], swapped, "val"), "start_llm": [m["val"]["overall"] for m in swapped]}
-    return out
-
-
-__all__ = ["FORMAT", "REGIMES", "SEEDS", "STAGE", "TRAINS", "PipelinePolicy", "RLConfig", "RLData", "RLRun",
-           "Rollout", "check_regime", "clip_distance", "default_config", "eval_size", "evaluate", "load",
-           "log_parts", "paired", "paired_over_seeds", "protocol_score", "record", "rewards", "run", "seed_mean",
-           "start", "start_is_cached", "start_scores", "train"]
+__all__ = ["COUPLING", "COUPLINGS", "CYCLE_WEIGHT", "CYCLE_WEIGHTS", "FORMAT", "REGIMES", "SEEDS", "STAGE",
+           "SUPERVISED", "TRAINS", "PipelinePolicy", "RLConfig", "RLData", "RLRun", "Rollout", "check_regime",
+           "clip_distance", "default_config", "eval_size", "evaluate", "load", "log_parts", "paired",
+           "paired_over_seeds", "protocol_score", "rewards", "run", "seed_mean", "start",
+           "start_is_cached", "start_scores", "train"]

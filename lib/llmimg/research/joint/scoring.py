@@ -103,7 +103,8 @@ def paired_over_seeds(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], 
     has the spread of those differences over seeds (``se``, which includes training
     noise) beside the prompts' part (``se_prompts``). The verdict is the course's rule
     on ``se``: real at two standard errors. ``detectable`` is the difference this
-    experiment could have called real (2 ``se``): the power statement of a null.
+    experiment could have called real (2 ``se``): the power statement of a null (0 when the
+    two agree on every image: then the prompts carry no error, and the seeds none either).
     """
     diffs = [paired(x, y, split, category) for x, y in zip(a, b)]
     d = np.array([x.diff for x in diffs])
@@ -111,7 +112,8 @@ def paired_over_seeds(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], 
     prompts_se = float(math.sqrt(sum(x.se**2 for x in diffs)) / len(d))
     se = max(over_seeds, prompts_se) if math.isfinite(over_seeds) else prompts_se
     mean = float(d.mean())
-    verdict = "ahead" if mean >= 2 * se else "behind" if mean <= -2 * se else "tie"
+    # Strict signs: two settings with the same verdict on every image differ by 0 ± 0, a tie.
+    verdict = "ahead" if mean > 0 and mean >= 2 * se else "behind" if mean < 0 and mean <= -2 * se else "tie"
     return {"difference": mean, "se": se, "se_prompts": prompts_se, "se_seeds": over_seeds,
             "per_seed": d.tolist(), "verdict": verdict, "detectable": 2 * se}
 

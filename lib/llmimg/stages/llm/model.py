@@ -102,20 +102,34 @@ class ClipCapLM(nn.Module):
         With ``per_row`` it returns each row's summed negative log-likelihood (B,), -log q(D | prefix):
         what a policy gradient weighs (the reinforcement-learning regimes of notebook 07).
         """
+        if per_row:
+            labels = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
+            logits = self.token_logits(z, task, input_ids, attention_mask, context)
+            return F.cross_entropy(logits.transpose(1, 2).float(), labels, ignore_index=-100, reduction="none").sum(1)
+        embeds, mask, start_length = self._inputs(z, task, input_ids, attention_mask, context)
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        labels[:, 0] = -100  # <bos> is given, not predicted
+        labels = torch.cat([labels.new_full((len(labels), start_length), -100), labels], dim=1)
+        return self.gpt2(inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask), labels=labels).loss
+
+    def token_logits(self, z: torch.Tensor, task: torch.Tensor, input_ids: torch.Tensor,
+                     attention_mask: torch.Tensor, context: Context | None = None) -> torch.Tensor:
+        """Next-token logits (B, L - 1, vocab) with ``input_ids`` given: row j predicts ``input_ids[:, j + 1]``.
+
+        What a per-row likelihood sums, and what the coupled regimes of notebook 07 turn into
+        the generator's input (:mod:`llmimg.research.joint.coupled`).
+        """
+        embeds, mask, start_length = self._inputs(z, task, input_ids, attention_mask, context)
+        return self.gpt2(inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask)).logits[
+            :, start_length:-1]
+
+    def _inputs(self, z: torch.Tensor, task: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                context: Context | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """GPT-2's input vectors and mask (prefix, context, then ``input_ids``) and how many come before ``<bos>``."""
         start, start_mask = self.prefix_embeds(z, task, context)
         start, start_mask = start[:, :-1], start_mask[:, :-1]  # <bos> comes with input_ids
         embeds = torch.cat([start, self.gpt2.get_input_embeddings()(input_ids)], dim=1)
-        mask = torch.cat([start_mask, attention_mask.long()], dim=1)
-        labels = input_ids.masked_fill(attention_mask == 0, -100)
-        labels[:, 0] = -100  # <bos> is given, not predicted
-        labels = torch.cat([labels.new_full(start.shape[:2], -100), labels], dim=1)
-        if not per_row:
-            return self.gpt2(inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask),
-                             labels=labels).loss
-        logits = self.gpt2(inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask)).logits
-        nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), labels[:, 1:], ignore_index=-100,
-                              reduction="none")
-        return nll.sum(1)
+        return embeds, torch.cat([start_mask, attention_mask.long()], dim=1), start.shape[1]
 
 
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:
