@@ -155,22 +155,32 @@ def loss(model: Any, b: dict[str, Any]) -> torch.Tensor:
 
 def cycle(model: Any, b: dict[str, Any], x0: torch.Tensor) -> torch.Tensor:
     """-log q(D | CLIP(x̂₀)): the LLM captions the UNet's clean-image estimate and must write D, on low-noise rows."""
-    g, clip = model.start_generator, model.start_llm.clip
-    limit = CYCLE_MAX_T * g.config.num_train_timesteps
-    rows = [k for k, (t, text) in enumerate(zip(b["timesteps"].tolist(), b["texts"])) if t < limit and text]
+    g, llm = model.start_generator, model.start_llm
+    return caption_cycle(model.lm, llm.clip.model, llm.tokenizer, llm.config.read_context, b, x0,
+                         CYCLE_MAX_T * g.config.num_train_timesteps, g.config.unshuffle)
+
+
+def caption_cycle(lm: Any, clip_model: Any, tokenizer: Any, read_context: bool, b: dict[str, Any], x0: torch.Tensor,
+                  max_timestep: float, unshuffle: int) -> torch.Tensor:
+    """The cycle loss of both worlds' ``cycle`` regimes: ``lm`` captions x̂₀ through the frozen CLIP image tower.
+
+    The rows are those whose timestep is below ``max_timestep`` and whose text is not
+    empty; with none, a zero that keeps the graph.
+    """
+    rows = [k for k, (t, text) in enumerate(zip(b["timesteps"].tolist(), b["texts"])) if t < max_timestep and text]
     if not rows:
-        return x0.sum() * 0.0  # no row qualifies: a zero that keeps the graph
-    pixels = clip_stage.preprocess(gen_stage.to_images(x0[rows], g.config.unshuffle))
-    z = clip.model.encode_image(pixels, normalize=True)
+        return x0.sum() * 0.0
+    pixels = clip_stage.preprocess(gen_stage.to_images(x0[rows], unshuffle))
+    z = clip_model.encode_image(pixels, normalize=True)
     context = None
-    if model.start_llm.config.read_context:
-        patches = clip.model.forward_intermediates(image=pixels, image_indices=1, intermediates_only=True,
+    if read_context:
+        patches = clip_model.forward_intermediates(image=pixels, image_indices=1, intermediates_only=True,
                                                    normalize_intermediates=True, image_output_fmt="NLC")
         context = llm_stage.Context(patches=patches["image_intermediates"][-1])
-    enc = encode(model.start_llm.tokenizer, [b["texts"][k] for k in rows], check=False)
-    return model.lm(z, llm_stage.task_ids("caption", len(rows), z.device), enc["input_ids"].to(z.device),
-                    enc["attention_mask"].to(z.device), context)
+    enc = encode(tokenizer, [b["texts"][k] for k in rows], check=False)
+    return lm(z, llm_stage.task_ids("caption", len(rows), z.device), enc["input_ids"].to(z.device),
+              enc["attention_mask"].to(z.device), context)
 
 
-__all__ = ["CYCLE_MAX_T", "cycle", "generator_inputs", "loss", "phrase_index", "soft_token_states",
+__all__ = ["CYCLE_MAX_T", "caption_cycle", "cycle", "generator_inputs", "loss", "phrase_index", "soft_token_states",
            "straight_through"]

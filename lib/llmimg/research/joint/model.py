@@ -12,6 +12,7 @@ from torch import nn
 
 from llmimg.core.evaluation import shapes_eval
 from llmimg.core.text import encode
+from llmimg.research.joint import coupled
 from llmimg.research.joint.config import TRAINS, JointConfig
 from llmimg.stages import clip as clip_stage
 from llmimg.stages import generator as gen_stage
@@ -101,19 +102,9 @@ class JointModel(nn.Module):
 
     def cycle(self, b: dict[str, Any], x0: torch.Tensor) -> torch.Tensor:
         """The caption the LLM writes from CLIP(x̂₀) must be D: -log q(D | CLIP(x̂₀)) on the low-noise rows."""
-        limit = self.config.cycle_max_t * self.generator_config.num_train_timesteps
-        rows = [i for i, (t, text) in enumerate(zip(b["timesteps"].tolist(), b["texts"])) if t < limit and text]
-        if not rows:
-            return x0.sum() * 0.0  # no row qualifies: a zero that keeps the graph
-        pixels = clip_stage.preprocess(gen_stage.to_images(x0[rows], self.generator_config.unshuffle))
-        z = self.clip.encode_image(pixels, normalize=True)
-        context = None
-        if self.llm_config.read_context:
-            patches = self.clip.forward_intermediates(image=pixels, image_indices=1, intermediates_only=True,
-                                                      normalize_intermediates=True, image_output_fmt="NLC")
-            context = llm_stage.Context(patches=patches["image_intermediates"][-1])
-        ids, mask = self.tokens([b["texts"][i] for i in rows])
-        return self.lm(z, llm_stage.task_ids("caption", len(rows), z.device), ids, mask, context)
+        g = self.generator_config
+        return coupled.caption_cycle(self.lm, self.clip, self.tokenizer, self.llm_config.read_context, b, x0,
+                                     self.config.cycle_max_t * g.num_train_timesteps, g.unshuffle)
 
     def writer(self) -> llm_stage.ShapesLLM:
         """The LLM being trained, as a :class:`~llmimg.stages.llm.ShapesLLM` (which puts it in eval mode)."""
